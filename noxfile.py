@@ -1,0 +1,55 @@
+"""Nox sessions: tests, lint, typecheck.
+
+On a machine without CUDA (no ``nvidia-smi`` on PATH) every session that imports torch installs the CPU
+build ``torch==2.13.0`` before the project, so that pip never pulls a multi-GB CUDA wheel. Set
+``CAPO_TORCH_SPEC`` to override (e.g. ``CAPO_TORCH_SPEC="torch>=2.4"`` on a GPU box, or
+``CAPO_TORCH_SPEC=skip`` to let the project's own range decide).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+CPU_TORCH = "torch==2.13.0"
+
+
+def torch_spec() -> str | None:
+    spec = os.environ.get("CAPO_TORCH_SPEC")
+    if spec is not None:
+        return None if spec == "skip" else spec
+    return None if shutil.which("nvidia-smi") else CPU_TORCH
+
+
+def install_project(session: nox.Session, extras: str) -> None:
+    spec = torch_spec()
+    if spec:
+        session.install(spec)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole pytest suite (CPU, float64 exact checks, tiny models)."""
+    install_project(session, "train,dev")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Mypy on the four import packages."""
+    install_project(session, "train,dev")
+    session.run("mypy")

@@ -1,0 +1,1 @@
+"""Tiny finite MDPs with exact evaluation (V, Q, A, d_t, J) by dynamic programming."""
