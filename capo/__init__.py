@@ -6,6 +6,30 @@ contract of ``DESIGN.md`` §3.
 
 from __future__ import annotations
 
+from capo.gradients import last_layer_gradient
+from capo.moments import SparseAdamMoments
+from capo.selection import PAPER_THRESHOLDS, Thresholds, select
+from capo.shifts import Shifts, directional_shifts
+from capo.steps import AdamStep, SGDStep, StepModel
+from capo.support import Support, support_from_hidden, support_from_logits
+from capo.tokens import TokenBatch
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "PAPER_THRESHOLDS",
+    "AdamStep",
+    "SGDStep",
+    "Shifts",
+    "SparseAdamMoments",
+    "StepModel",
+    "Support",
+    "Thresholds",
+    "TokenBatch",
+    "__version__",
+    "directional_shifts",
+    "last_layer_gradient",
+    "select",
+    "support_from_hidden",
+    "support_from_logits",
+]

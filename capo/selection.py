@@ -1,0 +1,76 @@
+"""The local trust-region acceptance test of CAPO (paper eq 11, Algorithm 1).
+
+A subset b is kept iff  hessian_low < m_H(b) < hessian_high  and  m_F(b) < fisher_max, with strict
+inequalities; a bound set to None is not applied. Subsets whose shifts are not finite, or that hold no
+finite token, are always rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from capo.shifts import Shifts
+
+__all__ = ["PAPER_THRESHOLDS", "Thresholds", "select"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Bounds of the acceptance test (eq 11); None disables a bound.
+
+    Args:
+        hessian_low: δ_H, keep only m_H > hessian_low.
+        hessian_high: δ_H^high, keep only m_H < hessian_high.
+        fisher_max: δ_F, keep only m_F < fisher_max.
+    """
+
+    hessian_low: float | None = None
+    hessian_high: float | None = None
+    fisher_max: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("hessian_low", "hessian_high", "fisher_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError(f"{name} must be a number or None, got NaN")
+            object.__setattr__(self, name, value)
+        lo, hi = self.hessian_low, self.hessian_high
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
+
+
+PAPER_THRESHOLDS: dict[str, Thresholds] = {
+    "capo": Thresholds(hessian_low=-1e-2, hessian_high=1e-2, fisher_max=1e-4),
+    "dr_capo": Thresholds(hessian_low=-5e-4, hessian_high=5e-4, fisher_max=1e-3),
+    "rein_capo": Thresholds(hessian_low=-1e-1, hessian_high=1e-1, fisher_max=1e-5),
+}
+"""The paper's thresholds (symmetric Hessian band) for CAPO, Dr.CAPO and ReinCAPO (DESIGN.md §2)."""
+
+
+def select(shifts: Shifts, thresholds: Thresholds) -> torch.Tensor:
+    """The acceptance mask of eq 11.
+
+    Args:
+        shifts: per-subset m_H, m_F from :func:`capo.directional_shifts`.
+        thresholds: the bounds (strict; None = not applied).
+
+    Returns:
+        [S] bool, True for the subsets kept.
+    """
+    if not isinstance(thresholds, Thresholds):
+        raise ValueError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    m_h, m_f = shifts.m_H, shifts.m_F
+    keep = shifts.valid.clone()
+    if thresholds.hessian_low is not None:
+        keep &= m_h > thresholds.hessian_low
+    if thresholds.hessian_high is not None:
+        keep &= m_h < thresholds.hessian_high
+    if thresholds.fisher_max is not None:
+        keep &= m_f < thresholds.fisher_max
+    return keep

@@ -1,0 +1,269 @@
+"""Predicted objective and policy shifts m_H, m_F of a proposed last-layer step (paper eqs 10, 57-63).
+
+For a subset b of n_b tokens with per-token gradients g_i = A_i u_i ⊗ h_i (eq 7; u_i = e_{a_i} − π_i on
+the support S_i), the subset proposes g_b = (1/n_b) Σ_{i∈b} g_i (rows of equal vocabulary id add up)
+and the step Δ_b = step(g_b). With v_i = Δ_b[S_i] h_i ∈ R^k and F_i = diag(π_i) − π_i π_iᵀ:
+
+    m_H(b) = ⟨g_b, Δ_b⟩ + ½ (1/n_b) Σ_{i∈b} A_i [(u_iᵀ v_i)² − v_iᵀ F_i v_i]      (eqs 10, 62, 63)
+    m_F(b) = ½ (1/n_b) Σ_{i∈b} (u_iᵀ v_i)²                                          (eqs 10, 57, 58)
+
+F_i is never built: v_iᵀ F_i v_i = Σ_j π_ij (v_ij − π_i·v_i)² + (π_i·v_i)² (1 − Σ_j π_ij), which is
+Σ π v² − (π·v)² without its cancellation. At token level ⟨g_i, Δ_i⟩ = A_i u_iᵀ v_i, and for SGD
+v_i = η A_i ‖h_i‖² u_i in closed form (O(N·(k + H))). Otherwise tokens are processed in chunks of C,
+so the extra memory is O(C·k·H) (plus the R_b·H rows of the subset gradients of one chunk of subsets),
+never [N, k, H].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from capo.steps import AdamStep, SGDStep, StepModel
+from capo.tokens import TokenBatch
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "Shifts", "default_chunk_size", "directional_shifts"]
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+"""Memory budget for the [C, k, H] temporaries of one token chunk (and the rows of one subset chunk)."""
+
+_LIVE_BLOCKS = 4
+"""How many [C, k, H] blocks are alive at once (gradient block, m', v' / step block, slack)."""
+
+
+def default_chunk_size(k: int, hidden_size: int, dtype: torch.dtype) -> int:
+    """Tokens per chunk C so that the [C, k, H] temporaries stay within :data:`DEFAULT_CHUNK_BYTES`."""
+    per_token = _LIVE_BLOCKS * max(k, 1) * max(hidden_size, 1) * torch.finfo(dtype).bits // 8
+    return max(1, DEFAULT_CHUNK_BYTES // per_token)
+
+
+@dataclass(frozen=True, eq=False)
+class Shifts:
+    """Predicted shifts per subset, in subset-id order 0..S−1.
+
+    Attributes:
+        m_H: [S] predicted objective shift (eq 10); NaN where the subset has no finite token.
+        m_F: [S] predicted policy shift ½ Δᵀ F Δ ≈ mean KL (eq 10); NaN likewise.
+        grad_dot: [S] the first-order part ⟨g_b, Δ_b⟩ of m_H.
+        n_tokens: [S] int64, finite tokens the subset's mean was taken over.
+        token_finite: [N] bool, False for tokens excluded for non-finite inputs.
+    """
+
+    m_H: torch.Tensor
+    m_F: torch.Tensor
+    grad_dot: torch.Tensor
+    n_tokens: torch.Tensor
+    token_finite: torch.Tensor
+
+    @property
+    def num_subsets(self) -> int:
+        """S, the number of subsets."""
+        return int(self.m_H.shape[0])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[S] bool: the subset has finite tokens and finite shifts."""
+        return (self.n_tokens > 0) & torch.isfinite(self.m_H) & torch.isfinite(self.m_F)
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Tokens excluded (and so rejected) because a hidden state, advantage or prob was not finite."""
+        return int((~self.token_finite).sum())
+
+
+def _policy_error(p: torch.Tensor, action_index: torch.Tensor) -> torch.Tensor:
+    """The policy error u = e_a − π on the support, [C, k]."""
+    u = -p
+    return u.scatter_add_(1, action_index[:, None], torch.ones_like(p[:, :1]))
+
+
+def _token_terms(
+    u: torch.Tensor, p: torch.Tensor, v: torch.Tensor, adv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token: uᵀv, A[(uᵀv)² − vᵀFv] and (uᵀv)², each [C] (eqs 58, 63 summands)."""
+    uv = (u * v).sum(dim=1)
+    pv = (p * v).sum(dim=1)
+    vfv = (p * (v - pv[:, None]).square()).sum(dim=1) + pv.square() * (1.0 - p.sum(dim=1))
+    uv2 = uv.square()
+    return uv, adv * (uv2 - vfv), uv2
+
+
+def _token_level(batch: TokenBatch, step: StepModel, chunk: int, cdt: torch.dtype) -> tuple:
+    """(m_H, m_F, grad_dot) [N] with every token its own subset."""
+    h, ids, a = batch.hidden, batch.support_ids, batch.action_index
+    n, k, hs = batch.num_tokens, batch.support_size, batch.hidden_size
+    p = batch.support_probs.to(cdt)
+    adv = batch.advantages.to(cdt)
+    u = _policy_error(p, a)
+    if isinstance(step, SGDStep):
+        hh = torch.empty(n, dtype=cdt, device=h.device)  # ‖h_i‖², in chunks (no [N, H] copy)
+        for c0 in range(0, n, chunk * k):
+            hc = h[c0 : c0 + chunk * k].to(cdt)
+            hh[c0 : c0 + hc.shape[0]] = torch.einsum("nh,nh->n", hc, hc)
+        c = step.lr * adv * hh
+        uv, q_h, q_f = _token_terms(u, p, c[:, None] * u, adv)
+    else:
+        uv = torch.empty(n, dtype=cdt, device=h.device)
+        q_h, q_f = torch.empty_like(uv), torch.empty_like(uv)
+        au = adv[:, None] * u
+        for c0 in range(0, n, chunk):
+            sl = slice(c0, min(c0 + chunk, n))
+            hc = h[sl].to(cdt)
+            g = (au[sl][:, :, None] * hc[:, None, :]).reshape(-1, hs)
+            delta = step.propose(ids[sl].reshape(-1), g).view(-1, k, hs)
+            del g
+            v = torch.einsum("ckh,ch->ck", delta, hc)
+            del delta
+            uv[sl], q_h[sl], q_f[sl] = _token_terms(u[sl], p[sl], v, adv[sl])
+    grad_dot = adv * uv
+    return grad_dot + 0.5 * q_h, 0.5 * q_f, grad_dot
+
+
+def _subset_level(
+    batch: TokenBatch,
+    step: StepModel,
+    subsets: torch.Tensor,
+    num_subsets: int,
+    chunk: int,
+    cdt: torch.dtype,
+) -> tuple:
+    """(m_H, m_F, grad_dot, n_tokens) [S] for the partition ``subsets`` [N] of the tokens."""
+    h, ids, a = batch.hidden, batch.support_ids, batch.action_index
+    k, hs, dev = batch.support_size, batch.hidden_size, h.device
+    vocab = step.vocab_size
+    if vocab is None:
+        vocab = int(ids.max()) + 1 if batch.num_tokens else 1
+    S = num_subsets
+    p = batch.support_probs.to(cdt)
+    adv = batch.advantages.to(cdt)
+    u = _policy_error(p, a)
+    n_b = torch.bincount(subsets, minlength=S)
+    # Unique (subset, id) pairs: the rows of all subset gradients, sorted by subset then id.
+    uniq, inv = torch.unique(subsets[:, None] * vocab + ids, sorted=True, return_inverse=True)
+    row_subset, row_id = uniq // vocab, uniq % vocab
+    rows_b = torch.bincount(row_subset, minlength=S)
+    coef = (adv / n_b[subsets].to(cdt))[:, None] * u  # A_i / n_b · u_i, [N, k]
+    order = torch.argsort(subsets, stable=True)
+    tok_end, row_end = torch.cumsum(n_b, 0), torch.cumsum(rows_b, 0)
+    tok_start, row_start = tok_end - n_b, row_end - rows_b
+    # Chunks of consecutive subsets holding about chunk·k gradient rows each.
+    group = torch.div(row_start, chunk * k, rounding_mode="floor")
+    bounds = torch.cumsum(torch.unique_consecutive(group, return_counts=True)[1], 0).tolist()
+    t_lo, t_hi = tok_start.tolist(), tok_end.tolist()
+    r_lo, r_hi = row_start.tolist(), row_end.tolist()
+
+    grad_dot = torch.zeros(S, dtype=cdt, device=dev)
+    q_h, q_f = torch.zeros_like(grad_dot), torch.zeros_like(grad_dot)
+    s0 = 0
+    for s1 in bounds:
+        r0, r1, t0, t1 = r_lo[s0], r_hi[s1 - 1], t_lo[s0], t_hi[s1 - 1]
+        s0 = s1
+        toks = order[t0:t1]
+        grad = torch.zeros(r1 - r0, hs, dtype=cdt, device=dev)
+        for c0 in range(0, t1 - t0, chunk):
+            tc = toks[c0 : c0 + chunk]
+            blk = coef[tc][:, :, None] * h[tc].to(cdt)[:, None, :]
+            grad.index_add_(0, (inv[tc] - r0).reshape(-1), blk.reshape(-1, hs))
+            del blk
+        delta = step.propose(row_id[r0:r1], grad)
+        grad_dot.index_add_(0, row_subset[r0:r1], torch.einsum("rh,rh->r", grad, delta))
+        del grad
+        for c0 in range(0, t1 - t0, chunk):
+            tc = toks[c0 : c0 + chunk]
+            v = torch.einsum("ckh,ch->ck", delta[inv[tc] - r0], h[tc].to(cdt))
+            _, qh, qf = _token_terms(u[tc], p[tc], v, adv[tc])
+            q_h.index_add_(0, subsets[tc], qh)
+            q_f.index_add_(0, subsets[tc], qf)
+        del delta
+    nb = n_b.to(cdt)
+    return grad_dot + 0.5 * q_h / nb, 0.5 * q_f / nb, grad_dot, n_b
+
+
+def _check_subsets(
+    subsets: object, n: int, device: torch.device, num_subsets: int | None
+) -> tuple[torch.Tensor, int]:
+    if not isinstance(subsets, torch.Tensor) or subsets.shape != (n,):
+        got = list(subsets.shape) if isinstance(subsets, torch.Tensor) else type(subsets).__name__
+        raise ValueError(f"subsets must be an int64 [N] tensor with N = {n}, got {got}")
+    if subsets.dtype != torch.int64:
+        raise ValueError(f"subsets must be int64, got {subsets.dtype} [{n}]")
+    if subsets.device != device:
+        raise ValueError(f"subsets is on {subsets.device} but hidden is on {device}")
+    if n and int(subsets.min()) < 0:
+        raise ValueError(f"subsets [{n}] has negative ids")
+    needed = int(subsets.max()) + 1 if n else 0
+    if num_subsets is None:
+        return subsets, needed
+    if num_subsets < needed:
+        raise ValueError(
+            f"num_subsets = {num_subsets} but subsets [{n}] has ids up to {needed - 1}"
+        )
+    return subsets, int(num_subsets)
+
+
+@torch.no_grad()
+def directional_shifts(
+    batch: TokenBatch,
+    step: StepModel,
+    subsets: torch.Tensor | None = None,
+    *,
+    num_subsets: int | None = None,
+    chunk_size: int | None = None,
+) -> Shifts:
+    """Predicted shifts m_H, m_F (eq 10) of the step each subset of tokens would propose.
+
+    Args:
+        batch: the tokens, with hidden states and top-k support.
+        step: :class:`~capo.SGDStep` or :class:`~capo.AdamStep` (whose moments are only read).
+        subsets: None (each token is its own subset, S = N) or [N] int64 subset ids (one completion,
+            one group, the whole batch, ...); S = max id + 1 unless ``num_subsets`` is given.
+        num_subsets: optional S (subsets without tokens get NaN shifts and are rejected).
+        chunk_size: tokens per chunk C; default from :data:`DEFAULT_CHUNK_BYTES`.
+
+    Returns:
+        :class:`Shifts` with [S] tensors in the accumulation dtype (float64 for float64 inputs, else
+        float32). Tokens with non-finite inputs are left out of every mean, counted, and their
+        token-level shifts are NaN (so :func:`capo.select` rejects them).
+
+    Raises:
+        ValueError: for an unknown step model, a hidden size or vocabulary that does not match the
+            moments, bad ``subsets``, or a non-positive ``chunk_size``.
+    """
+    if not isinstance(batch, TokenBatch):
+        raise ValueError(f"batch must be a TokenBatch, got {type(batch).__name__}")
+    if not isinstance(step, (SGDStep, AdamStep)):
+        raise ValueError(f"step must be SGDStep or AdamStep, got {type(step).__name__}")
+    n, k, hs = batch.num_tokens, batch.support_size, batch.hidden_size
+    dev = batch.hidden.device
+    if isinstance(step, AdamStep):
+        if step.moments.hidden_size != hs:
+            raise ValueError(
+                f"hidden [{n}, {hs}] does not match the moments' hidden_size "
+                f"{step.moments.hidden_size}"
+            )
+        batch.check_vocab(step.moments.vocab_size)
+    cdt = batch.dtype
+    if chunk_size is None:
+        chunk_size = default_chunk_size(k, hs, cdt)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk = int(chunk_size)
+    ok = batch.finite_tokens()
+    all_ok = bool(ok.all())
+    sub = batch if all_ok else batch.select_tokens(ok)
+    if subsets is None:
+        if num_subsets is not None and num_subsets != n:
+            raise ValueError(
+                f"num_subsets = {num_subsets} needs subsets (token level has S = N = {n})"
+            )
+        m_h, m_f, gd = _token_level(sub, step, chunk, cdt)
+        n_tok = ok.to(torch.int64)
+        if not all_ok:
+            full = torch.full((n,), float("nan"), dtype=cdt, device=dev)
+            m_h, m_f, gd = (full.clone().masked_scatter_(ok, x) for x in (m_h, m_f, gd))
+        return Shifts(m_H=m_h, m_F=m_f, grad_dot=gd, n_tokens=n_tok, token_finite=ok)
+    subsets, S = _check_subsets(subsets, n, dev, num_subsets)
+    sub_ids = subsets if all_ok else subsets[ok]
+    m_h, m_f, gd, n_tok = _subset_level(sub, step, sub_ids, S, chunk, cdt)
+    return Shifts(m_H=m_h, m_F=m_f, grad_dot=gd, n_tokens=n_tok, token_finite=ok)
