@@ -31,7 +31,9 @@ class SparseAdamMoments:
         hidden_size: H, columns of the output layer.
         betas: (β1, β2) of Adam.
         eps: ε of Adam (added outside the square root, as in ``torch.optim.Adam``).
-        dtype: storage dtype of m and v; float32 by default (use float64 with float64 inputs).
+        dtype: storage dtype of m and v. None (the default) stores float32 and promotes the tables
+            (exactly) to float64 the first time a float64 gradient arrives (DESIGN.md §3: float64
+            inputs are computed in float64); an explicit dtype is kept as given.
         device: where the tables live.
     """
 
@@ -53,6 +55,7 @@ class SparseAdamMoments:
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
         if not eps >= 0.0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        self._dtype_explicit = dtype is not None
         dtype = torch.float32 if dtype is None else dtype
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
@@ -142,6 +145,13 @@ class SparseAdamMoments:
         ids[:n], last[:n], m[:n], v[:n] = self._ids[:n], self._last[:n], self._m[:n], self._v[:n]
         self._ids, self._last, self._m, self._v = ids, last, m, v
 
+    def _promote_to_float64(self) -> None:
+        """Store the tables in float64 from now on (exact), unless a dtype was given explicitly."""
+        if self._dtype_explicit or self.dtype == torch.float64:
+            return
+        self.dtype = torch.float64
+        self._m, self._v = self._m.double(), self._v.double()
+
     @torch.no_grad()
     def update(self, row_ids: torch.Tensor, row_grads: torch.Tensor) -> None:
         """One optimizer step t → t + 1 with the gradient given on rows ``row_ids`` (zero elsewhere).
@@ -165,6 +175,8 @@ class SparseAdamMoments:
             raise ValueError(f"row_ids {_shape(row_ids)} must be unique")
         if not bool(torch.isfinite(row_grads).all()):
             raise ValueError(f"row_grads {_shape(row_grads)} has non-finite entries")
+        if row_grads.dtype == torch.float64:
+            self._promote_to_float64()
         g = row_grads.to(device=self.device, dtype=self.dtype)
         new_step = self.t + 1
         slot = self._slot[row_ids]
@@ -235,6 +247,8 @@ class SparseAdamMoments:
                 f"state tables must be exp_avg/exp_avg_sq [{r}, {self.hidden_size}] and "
                 f"last_step [{r}], got {_shape(m)}, {_shape(v)}, {_shape(last)}"
             )
+        if m.dtype == torch.float64:
+            self._promote_to_float64()
         b1, b2 = (float(b) for b in state["betas"])
         self.betas, self.eps, self.t = (b1, b2), float(state["eps"]), int(state["t"])
         self._reset(capacity=r)

@@ -77,3 +77,13 @@ def test_load_state_dict_rejects_other_sizes():
     state = capo.SparseAdamMoments(7, 3).state_dict()
     with pytest.raises(ValueError, match="vocab_size"):
         capo.SparseAdamMoments(8, 3).load_state_dict(state)
+
+
+def test_default_moments_follow_float64_gradients_exactly():
+    """DESIGN.md §3: float64 inputs are computed in float64, so the default tables promote."""
+    moments = capo.SparseAdamMoments(vocab_size=5, hidden_size=3)
+    g = torch.tensor([[1e-9 + 1.0, 2.0, 3.0]], dtype=torch.float64)
+    moments.update(torch.tensor([2]), g)
+    m, _ = moments.read(torch.tensor([2]))
+    assert m.dtype == torch.float64
+    assert m[0, 0].item() == (1 - moments.betas[0]) * g[0, 0].item()
