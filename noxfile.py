@@ -53,3 +53,27 @@ def typecheck(session: nox.Session) -> None:
     """Mypy on the four import packages."""
     install_project(session, "train,dev")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """CAPO step vs the naive implementation: times, peak memory, scaling (benchmarks/run.py)."""
+    install_project(session, "train,dev")
+    args = session.posargs or ["--out", "outputs/bench"]
+    session.run("python", "benchmarks/run.py", *args, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session
+def verify(session: nox.Session) -> None:
+    """Verification reports: capo vs reference vs autodiff, theorem checks on toy MDPs."""
+    install_project(session, "dev")
+    for name in ("agreement", "theorems"):
+        session.run("python", "-m", "verification", name, "--out", f"outputs/verification/{name}")
+
+
+@nox.session
+def experiment(session: nox.Session) -> None:
+    """Stability reproduction (toy MDPs + tiny LLM, paper §6): report under outputs/stability."""
+    install_project(session, "train,dev")
+    args = session.posargs or ["--out", "outputs/stability"]
+    session.run("python", "-m", "capo.experiments.stability", *args, env={"OMP_NUM_THREADS": "1"})
