@@ -46,8 +46,11 @@ def finite_horizon_constant(T: int, eps: float) -> float:
 def hessian_threshold(omega: float, M: float, r: float) -> float:
     """Lower Hessian threshold of Theorem 5.1, δ_H = ω + ½ M r² (eqs 12, 69).
 
-    Note: the proof (eqs 79-80) uses m_H(Δθ_i) ≥ ω + M r²; with ½ M r² the bound of eq 79 only gives
-    m_H(Δθ) ≥ ω + M r² (1/B − ½), which is ≥ ω for B ≤ 2 accepted subsets only.
+    Note: the printed proof (eqs 79-80) needs m_H(Δθ_i) ≥ ω + M r²; with ½ M r² its bound only gives
+    m_H(Δθ) ≥ ω + M r² (1/B − ½). The threshold is nevertheless sufficient: the exact identity
+    mean_i m_H(Δθ_i) − m_H(Δθ) = ½ (1/B) Σ_i (Δθ_i − Δθ)ᵀ H (Δθ_i − Δθ) gives
+    m_H(Δθ) ≥ ω + ½ M ‖Δθ‖² ≥ ω, and ½ is the smallest coefficient that works (checked
+    adversarially in ``python -m verification theorems``).
 
     Args:
         omega: The guaranteed improvement margin ω > 0.
