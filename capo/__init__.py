@@ -16,9 +16,24 @@ from capo.tokens import TokenBatch
 
 __version__ = "0.1.0"
 
+_LAZY = {"CAPOConfig": "capo.config", "CAPOTrainer": "capo.trainer"}
+"""Public names imported on first use, so ``import capo`` does not import trl or transformers."""
+
+
+def __getattr__(name: str) -> object:
+    """Import the TRL integration (:class:`CAPOConfig`, :class:`CAPOTrainer`) lazily."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'capo' has no attribute {name!r}")
+
+
 __all__ = [
     "PAPER_THRESHOLDS",
     "AdamStep",
+    "CAPOConfig",
+    "CAPOTrainer",
     "SGDStep",
     "Shifts",
     "SparseAdamMoments",

@@ -1,0 +1,213 @@
+"""CAPOConfig: GRPOConfig plus the curvature-aware masking options of CAPO (DESIGN.md §2, paper App. J).
+
+One config covers the six methods of the paper: ``capo_variant`` picks the policy-gradient objective
+(grpo, dr_grpo, reinforce) and ``capo_enabled`` switches curvature-aware masking on (CAPO, Dr.CAPO,
+ReinCAPO) or off (the GRPO, Dr.GRPO and REINFORCE baselines). The variant is mapped onto TRL's own
+options wherever TRL has them:
+
+=========  =============  =================  ==============================================
+variant    ``loss_type``  ``scale_rewards``  advantage A_i of a token of completion b
+=========  =============  =================  ==============================================
+grpo       ``"grpo"``     ``"group"``        (r_b − mean_group r) / (std_group r + 1e-4)
+dr_grpo    ``"dr_grpo"``  ``"none"``         r_b − mean_group r
+reinforce  ``"grpo"``     ``"none"``         r_b (raw reward; set by CAPOTrainer)
+=========  =============  =================  ==============================================
+
+``loss_type`` and ``scale_rewards`` therefore follow ``capo_variant``: values left at TRL's defaults
+(``"dapo"``, ``"group"``) are replaced, any other value that disagrees raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+__all__ = ["CAPO_GRANULARITIES", "CAPO_STEP_MODELS", "CAPO_VARIANTS", "CAPOConfig"]
+
+CAPO_VARIANTS: dict[str, tuple[str, str]] = {
+    "grpo": ("grpo", "group"),
+    "dr_grpo": ("dr_grpo", "none"),
+    "reinforce": ("grpo", "none"),
+}
+"""variant -> (TRL ``loss_type``, TRL ``scale_rewards``)."""
+
+CAPO_GRANULARITIES = ("token", "completion", "group", "batch")
+"""Subsets the acceptance test is applied to (paper §5: tokens, sentences, groups or batches)."""
+
+CAPO_STEP_MODELS = ("adam", "sgd")
+"""Step models of the last-layer optimizer (paper §4.1, App. I ablation)."""
+
+_TRL_DEFAULT_LOSS_TYPE = "dapo"
+_TRL_DEFAULT_SCALE_REWARDS = "group"
+
+
+@dataclass
+class CAPOConfig(GRPOConfig):
+    """Configuration of :class:`capo.CAPOTrainer`: every ``GRPOConfig`` field plus the CAPO options.
+
+    The defaults are the paper's CAPO setting (GRPO objective, token granularity, Adam step model,
+    top-50 support, thresholds (−1e-2, 1e-2, 1e-4)). Use ``capo_enabled=False`` for the baselines.
+    """
+
+    capo_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply curvature-aware masking (CAPO). False trains the plain baseline of "
+            "`capo_variant` (GRPO, Dr.GRPO or REINFORCE) with the same trainer, and skips every CAPO "
+            "computation."
+        },
+    )
+    capo_track_shifts: bool = field(
+        default=False,
+        metadata={
+            "help": "With capo_enabled=False, still run the curvature model and log the shifts and the "
+            "rejection statistics CAPO would give, without masking any token (the baselines' curves of "
+            "the paper's Fig. 3). Costs the CAPO overhead; ignored when capo_enabled=True."
+        },
+    )
+    capo_variant: str = field(
+        default="grpo",
+        metadata={
+            "help": "Policy-gradient objective: 'grpo' (group-normalised advantages, each completion "
+            "averaged over its tokens, then over completions), 'dr_grpo' (centred advantages, sum over "
+            "tokens divided by max_completion_length), 'reinforce' (raw reward as advantage, per-"
+            "completion mean). Sets TRL's loss_type and scale_rewards."
+        },
+    )
+    hessian_low: float | None = field(
+        default=-1e-2,
+        metadata={
+            "help": "Lower bound δ_H of the predicted objective shift: keep a subset only if m_H > "
+            "hessian_low. None disables the bound. Paper: -1e-2 (CAPO), -5e-4 (Dr.CAPO), -1e-1 "
+            "(ReinCAPO)."
+        },
+    )
+    hessian_high: float | None = field(
+        default=1e-2,
+        metadata={
+            "help": "Upper bound δ_H^high of the predicted objective shift: keep a subset only if "
+            "m_H < hessian_high. None disables the bound. Paper: 1e-2 (CAPO), 5e-4 (Dr.CAPO), 1e-1 "
+            "(ReinCAPO)."
+        },
+    )
+    fisher_max: float | None = field(
+        default=1e-4,
+        metadata={
+            "help": "Bound δ_F of the predicted policy shift (≈ mean KL): keep a subset only if m_F < "
+            "fisher_max. None disables the bound. Paper: 1e-4 (CAPO), 1e-3 (Dr.CAPO), 1e-5 (ReinCAPO)."
+        },
+    )
+    capo_granularity: str = field(
+        default="token",
+        metadata={
+            "help": "Subsets the acceptance test is applied to: 'token', 'completion', 'group' (the "
+            "completions of one prompt) or 'batch'. 'group' and 'batch' subsets are formed within one "
+            "micro-batch on one rank (the mask must be known before that micro-batch's backward)."
+        },
+    )
+    capo_support_size: int = field(
+        default=50,
+        metadata={
+            "help": "k, the number of vocabulary ids (largest logits at the sampling temperature, the "
+            "sampled id always included) the last-layer model keeps per token."
+        },
+    )
+    capo_step_model: str = field(
+        default="adam",
+        metadata={
+            "help": "How the last-layer model predicts the step from a gradient: 'adam' (tracked sparse "
+            "Adam moments, updated once per optimizer step with the accepted gradient) or 'sgd' "
+            "(Δ = lr · g). The learning rate is the one the scheduler gives the current step."
+        },
+    )
+    capo_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens processed at once when building the support and the shifts (bounds the "
+            "[chunk, k, hidden] temporaries). None picks a chunk within a fixed memory budget."
+        },
+    )
+    capo_log_true_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "Log capo/true_kl: the exact full-vocabulary KL(π_before || π_after) between the "
+            "policy before and after each optimizer step, averaged over the step's completion tokens. "
+            "Costs one extra no-grad forward of the step's batch after the optimizer step and keeps a "
+            "copy of the output-layer weight and the step's final hidden states until then."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        """Validate the CAPO fields and map ``capo_variant`` onto TRL's options, then GRPOConfig's."""
+        if self.capo_variant not in CAPO_VARIANTS:
+            raise ValueError(
+                f"capo_variant must be one of {sorted(CAPO_VARIANTS)}, got {self.capo_variant!r}"
+            )
+        loss_type, scale = CAPO_VARIANTS[self.capo_variant]
+        if self.loss_type in (_TRL_DEFAULT_LOSS_TYPE, None):
+            self.loss_type = loss_type
+        elif self.loss_type != loss_type:
+            raise ValueError(
+                f"capo_variant={self.capo_variant!r} needs loss_type={loss_type!r}, got "
+                f"loss_type={self.loss_type!r}; leave loss_type unset (capo_variant sets it)"
+            )
+        scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)  # type: ignore[call-overload]
+        if scale_rewards in (_TRL_DEFAULT_SCALE_REWARDS, None):
+            self.scale_rewards = scale
+        elif scale_rewards != scale:
+            raise ValueError(
+                f"capo_variant={self.capo_variant!r} needs scale_rewards={scale!r}, got "
+                f"scale_rewards={self.scale_rewards!r}; leave scale_rewards unset (capo_variant sets it)"
+            )
+        else:
+            self.scale_rewards = scale
+        if self.capo_variant == "reinforce" and (
+            self.multi_objective_aggregation != "sum_then_normalize"
+        ):
+            raise ValueError(
+                "capo_variant='reinforce' uses the raw (weighted-sum) reward as advantage and needs "
+                f"multi_objective_aggregation='sum_then_normalize', got "
+                f"{self.multi_objective_aggregation!r}"
+            )
+        self._validate_capo()
+        super().__post_init__()
+
+    def _validate_capo(self) -> None:
+        if self.capo_granularity not in CAPO_GRANULARITIES:
+            raise ValueError(
+                f"capo_granularity must be one of {list(CAPO_GRANULARITIES)}, got "
+                f"{self.capo_granularity!r}"
+            )
+        if self.capo_step_model not in CAPO_STEP_MODELS:
+            raise ValueError(
+                f"capo_step_model must be one of {list(CAPO_STEP_MODELS)}, got "
+                f"{self.capo_step_model!r}"
+            )
+        if isinstance(self.capo_support_size, bool) or int(self.capo_support_size) < 1:
+            raise ValueError(f"capo_support_size must be an int >= 1, got {self.capo_support_size}")
+        self.capo_support_size = int(self.capo_support_size)
+        if self.capo_chunk_size is not None:
+            if isinstance(self.capo_chunk_size, bool) or int(self.capo_chunk_size) < 1:
+                raise ValueError(
+                    f"capo_chunk_size must be None or an int >= 1, got {self.capo_chunk_size}"
+                )
+            self.capo_chunk_size = int(self.capo_chunk_size)
+        for name in ("hessian_low", "hessian_high", "fisher_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = float(value)
+            if value != value:  # NaN
+                raise ValueError(f"{name} must be a number or None, got NaN")
+            setattr(self, name, value)
+        lo, hi = self.hessian_low, self.hessian_high
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
+        if self.fisher_max is not None and not self.fisher_max > 0.0:
+            raise ValueError(f"fisher_max must be > 0 or None, got {self.fisher_max}")
+        if self.capo_enabled and self.importance_sampling_level != "token":
+            raise ValueError(
+                "CAPO masks tokens, so it needs importance_sampling_level='token', got "
+                f"{self.importance_sampling_level!r}"
+            )

@@ -1,0 +1,194 @@
+"""One micro-batch of CAPO: support, shifts, acceptance mask, and the loss coefficients applying it.
+
+Shapes: B completions, K = ``logits_to_keep`` completion positions, N valid (unpadded) tokens, H hidden,
+k support size, S subsets.
+
+How the mask reaches TRL's loss without copying it (DESIGN.md §2, "Losses after masking"): TRL's
+GRPO/Dr.GRPO losses are  L = Σ_bt w_bt · ℓ(logp_bt)  with w_bt = mask_bt / (B · n_b) (grpo, n_b the
+valid tokens of completion b) or mask_bt / (B · T_max) (dr_grpo), and ℓ the clipped surrogate of one
+token. Feeding TRL  logp' = logp.detach() + c ⊙ (logp − logp.detach())  leaves every value (ratios,
+clipping decisions, logged metrics) unchanged and multiplies each token's gradient by c_bt, so with
+
+- c_bt = keep_bt · n_b / n_acc_b (grpo, reinforce; c = 0 for a completion with no accepted token),
+- c_bt = keep_bt (dr_grpo),
+
+∇L = Σ_b (1/B)(1/n_acc_b) Σ_{t accepted} ∇ℓ_bt, resp. (1/(B·T_max)) Σ_{accepted} ∇ℓ_bt: exactly the
+masked losses of DESIGN.md §2 (per-completion mean over accepted tokens; Dr.GRPO's fixed denominator).
+Only the reported loss *value* stays the unmasked surrogate's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from capo.selection import Thresholds, select
+from capo.shifts import Shifts, directional_shifts
+from capo.steps import StepModel
+from capo.support import support_from_hidden
+from capo.tokens import TokenBatch
+
+__all__ = ["MicroBatchSelection", "loss_coefficients", "select_tokens", "subset_ids"]
+
+
+@dataclass(eq=False)
+class MicroBatchSelection:
+    """The outcome of the acceptance test on one micro-batch.
+
+    Attributes:
+        valid: [B, K] bool, the completion tokens that enter TRL's loss at all.
+        keep: [B, K] bool, valid tokens whose subset passed the test (and whose inputs are finite).
+        batch: the N valid tokens (row-major order of ``valid``) with their top-k support.
+        shifts: the shifts of the S subsets (token level: S = N).
+        subsets: [N] int64 subset id of each valid token, or None at token level.
+        fail_hessian: [N] bool, the token's subset failed the m_H band (or had no finite shift).
+        fail_fisher: [N] bool, the token's subset failed m_F < fisher_max (or had no finite shift).
+    """
+
+    valid: torch.Tensor
+    keep: torch.Tensor
+    batch: TokenBatch
+    shifts: Shifts
+    subsets: torch.Tensor | None
+    fail_hessian: torch.Tensor
+    fail_fisher: torch.Tensor
+
+    @property
+    def keep_flat(self) -> torch.Tensor:
+        """[N] bool: ``keep`` at the valid tokens."""
+        return self.keep[self.valid]
+
+
+def subset_ids(
+    granularity: str, valid: torch.Tensor, group_ids: torch.Tensor | None
+) -> torch.Tensor | None:
+    """[N] int64 subset ids 0..S−1 of the valid tokens, or None for token granularity.
+
+    Args:
+        granularity: "token", "completion", "group" or "batch".
+        valid: [B, K] bool.
+        group_ids: [B] int64 prompt-group id of each completion (needed for "group").
+    """
+    b, k = valid.shape
+    if granularity == "token":
+        return None
+    if granularity == "batch":
+        return torch.zeros(int(valid.sum()), dtype=torch.int64, device=valid.device)
+    if granularity == "completion":
+        rows = torch.arange(b, device=valid.device)
+    elif granularity == "group":
+        if group_ids is None:
+            raise ValueError("granularity 'group' needs the group id of each completion")
+        rows = group_ids.to(valid.device, torch.int64)
+    else:
+        raise ValueError(f"unknown granularity {granularity!r}")
+    per_token = rows[:, None].expand(b, k)[valid]
+    return torch.unique(per_token, return_inverse=True)[1]
+
+
+def _failures(
+    shifts: Shifts, thresholds: Thresholds, subsets: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token failure of each criterion ([N] bool each); a subset without finite shifts fails both."""
+    m_h, m_f, ok = shifts.m_H, shifts.m_F, shifts.valid
+    hess_ok = ok.clone()
+    if thresholds.hessian_low is not None:
+        hess_ok &= m_h > thresholds.hessian_low
+    if thresholds.hessian_high is not None:
+        hess_ok &= m_h < thresholds.hessian_high
+    fish_ok = ok.clone()
+    if thresholds.fisher_max is not None:
+        fish_ok &= m_f < thresholds.fisher_max
+    if subsets is not None:
+        hess_ok, fish_ok = hess_ok[subsets], fish_ok[subsets]
+    return ~hess_ok, ~fish_ok
+
+
+def select_tokens(
+    hidden: torch.Tensor,
+    completion_ids: torch.Tensor,
+    valid: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    support_size: int,
+    temperature: float,
+    step: StepModel,
+    thresholds: Thresholds,
+    granularity: str,
+    group_ids: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> MicroBatchSelection:
+    """Run the acceptance test (eq 11) on the valid tokens of one micro-batch.
+
+    Args:
+        hidden: [B, K, H] hidden states that produced each completion token's logits (already
+            shifted by one position, see :func:`capo.hidden_capture.completion_hidden`).
+        completion_ids: [B, K] int64 sampled token ids.
+        valid: [B, K] bool, tokens that enter the loss (completion mask, tool mask).
+        advantages: [B, K] float, the coefficient A_i the variant's loss gives each token.
+        weight: [V, H] output-layer weight.
+        bias: [V] output-layer bias or None.
+        support_size: k.
+        temperature: the policy's sampling temperature (the support is top-k of logits / τ).
+        step: the step model (η = the scheduled learning rate of the current step).
+        thresholds: the acceptance bounds.
+        granularity: "token", "completion", "group" or "batch" (subsets local to the micro-batch).
+        group_ids: [B] prompt-group ids (for "group").
+        chunk_size: tokens per chunk for the support and the shifts (None = memory-budget default).
+
+    Returns:
+        :class:`MicroBatchSelection`.
+    """
+    with torch.no_grad():
+        valid = valid.bool()
+        h = hidden[valid]
+        sampled = completion_ids[valid].to(torch.int64)
+        adv = advantages[valid].to(h.dtype if h.dtype == torch.float64 else torch.float32)
+        sup = support_from_hidden(
+            h, weight, sampled, support_size, temperature, bias=bias, chunk_size=chunk_size
+        )
+        batch = sup.token_batch(h, adv)
+        subsets = subset_ids(granularity, valid, group_ids)
+        n = batch.num_tokens
+        num_subsets = None if subsets is None else (int(subsets.max()) + 1 if n else 0)
+        shifts = directional_shifts(
+            batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
+        )
+        keep_subset = select(shifts, thresholds)
+        keep_flat = keep_subset if subsets is None else keep_subset[subsets]
+        keep_flat = keep_flat & shifts.token_finite
+        keep = torch.zeros_like(valid)
+        keep[valid] = keep_flat
+        fail_h, fail_f = _failures(shifts, thresholds, subsets)
+    return MicroBatchSelection(
+        valid=valid,
+        keep=keep,
+        batch=batch,
+        shifts=shifts,
+        subsets=subsets,
+        fail_hessian=fail_h,
+        fail_fisher=fail_f,
+    )
+
+
+def loss_coefficients(
+    applied: torch.Tensor, valid: torch.Tensor, per_completion_mean: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """[B, K] gradient coefficients c that turn TRL's loss into the masked loss (module docstring).
+
+    Args:
+        applied: [B, K] bool, the tokens whose gradient is kept.
+        valid: [B, K] bool, the tokens TRL's loss normalises over.
+        per_completion_mean: True for grpo / reinforce (c = applied · n_b / n_acc_b), False for
+            dr_grpo (c = applied).
+        dtype: dtype of the result (that of the log-probabilities).
+    """
+    c = applied.to(dtype)
+    if per_completion_mean:
+        n_valid = valid.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
+        n_acc = applied.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
+        c = c * (n_valid / n_acc)
+    return c

@@ -1,0 +1,427 @@
+"""CAPOTrainer: TRL's GRPOTrainer with curvature-aware token masking (paper §5, Alg. 1; DESIGN.md §2).
+
+Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden methods, narrowest first:
+
+- ``_get_per_token_logps_and_entropies``: during the training forward only (flagged by
+  ``_compute_loss``), a forward hook on the backbone captures ``last_hidden_state`` of the one policy
+  forward TRL already runs (its fused LM head returns no hidden states, see
+  :mod:`capo.hidden_capture`); the support, shifts and acceptance mask are computed from it under
+  no_grad, and the log-probabilities are returned as ``logp.detach() + c ⊙ (logp − logp.detach())``.
+  Values are unchanged, gradients are exactly those of the masked loss (:mod:`capo.masking`). This
+  is the one place where both the hidden states and the differentiable log-probabilities exist, so
+  TRL's loss code (clipping, normalisation, KL, entropy bonus, metrics) is reused untouched.
+- ``_compute_loss``: calls super; only stashes the micro-batch inputs (advantages, masks, group ids)
+  for the override above and counts completions.
+- ``_generate_and_score_completions`` / ``_calculate_rewards``: add the global completion index and
+  prompt-group id to the batch (kept in unison by TRL's shuffle and split), and, for
+  ``capo_variant='reinforce'``, replace the advantages by the raw weighted reward.
+- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: write / read ``capo_moments.pt`` (the sparse
+  Adam moments) and ``capo_state.json`` in each checkpoint folder.
+- A ``TrainerCallback.on_step_end`` (runs on every rank right after ``optimizer.step``): the step
+  boundary. It all-reduces the statistics and the accepted gradient of the step's micro-batches
+  (:mod:`capo.moments_sync`), computes the global shifts, updates the moments once (t += 1), measures
+  the true KL if asked, and appends ``capo/*`` metrics to TRL's metric stream.
+
+Known limits: 'group' and 'batch' subsets are local to one micro-batch on one rank (the mask of a
+micro-batch is needed before its backward); the advantage of a token in the curvature model is the
+variant's advantage, not the importance-weighted one (exact for on-policy training, num_iterations=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from capo.config import CAPOConfig
+from capo.gradients import last_layer_gradient
+from capo.hidden_capture import (
+    backbone_of,
+    capture_hidden,
+    check_plain_output_layer,
+    completion_hidden,
+    output_layer,
+)
+from capo.masking import loss_coefficients, select_tokens
+from capo.moments import SparseAdamMoments
+from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
+from capo.selection import Thresholds
+from capo.steps import AdamStep, SGDStep, StepModel
+from capo.tokens import TokenBatch
+from capo.true_kl import full_vocab_kl
+
+__all__ = ["MOMENTS_FILE", "STATE_FILE", "CAPOTrainer"]
+
+MOMENTS_FILE = "capo_moments.pt"
+"""Checkpoint file of the sparse Adam moments (``SparseAdamMoments.state_dict()``)."""
+STATE_FILE = "capo_state.json"
+"""Checkpoint file of the other CAPO counters."""
+
+_COUNTS = ("completions", "valid", "applied", "rejected", "rej_hessian", "rej_fisher", "nonfinite")
+
+
+@dataclass
+class _StepAccumulator:
+    """What the micro-batches of one optimizer step leave for the step boundary (this rank only)."""
+
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0.0))
+    all_rejected: int = 0
+    lr: float | None = None
+    grad_parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    accepted: list[TokenBatch] = field(default_factory=list)
+    m_h: list[torch.Tensor] = field(default_factory=list)
+    m_f: list[torch.Tensor] = field(default_factory=list)
+    kl_inputs: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(
+        default_factory=list
+    )
+    head_before: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+
+class _StepEnd(TrainerCallback):
+    """Calls :meth:`CAPOTrainer._capo_step_end` after every optimizer step, on every rank."""
+
+    def __init__(self, trainer: CAPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The optimizer has stepped: close the CAPO step."""
+        self.trainer._capo_step_end()
+
+
+def _stats(name: str, values: torch.Tensor) -> dict[str, float]:
+    if values.numel() == 0:
+        return {}
+    v = values.double()
+    q = torch.quantile(v, torch.tensor([0.5, 0.99], dtype=torch.float64, device=v.device))
+    return {
+        f"{name}/mean": float(v.mean()),
+        f"{name}/p50": float(q[0]),
+        f"{name}/p99": float(q[1]),
+        f"{name}/max": float(v.max()),
+    }
+
+
+class CAPOTrainer(GRPOTrainer):
+    """GRPOTrainer with curvature-aware masking; configure with :class:`capo.CAPOConfig`.
+
+    ``capo_enabled=False`` trains the plain baseline of ``capo_variant`` (GRPO, Dr.GRPO, REINFORCE).
+    Attributes of interest: ``capo_moments`` (the tracked :class:`~capo.SparseAdamMoments`, None for
+    the SGD step model or without CAPO), ``capo_completions_seen``, and ``capo_record`` (set it to a
+    list to receive, per training micro-batch, the global completion indices, inputs, advantages, η and
+    the [B, K] valid and keep masks; for tests and debugging).
+    """
+
+    args: CAPOConfig
+
+    def __init__(
+        self, model: Any, reward_funcs: Any, args: CAPOConfig | None = None, **kwargs: Any
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = CAPOConfig(output_dir=f"{str(name).split('/')[-1]}-CAPO")
+        if not isinstance(args, CAPOConfig):
+            raise ValueError(f"args must be a CAPOConfig, got {type(args).__name__}")
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        self._capo_active = args.capo_enabled or args.capo_track_shifts
+        self._capo_capture = self._capo_active or args.capo_log_true_kl
+        self.capo_thresholds = Thresholds(args.hessian_low, args.hessian_high, args.fisher_max)
+        self.capo_moments: SparseAdamMoments | None = None
+        self.capo_completions_seen = 0
+        self.capo_record: list[dict[str, torch.Tensor]] | None = None
+        self._capo_pending: dict[str, Any] | None = None
+        self._capo_acc = _StepAccumulator()
+        self._capo_rewards_per_func: torch.Tensor | None = None
+        weight, _ = output_layer(self.accelerator.unwrap_model(self.model))
+        self._capo_vocab, self._capo_hidden = int(weight.shape[0]), int(weight.shape[1])
+        self._capo_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        if self._capo_capture:
+            check_plain_output_layer(self.accelerator.unwrap_model(self.model))
+        if self._capo_active and args.capo_support_size > self._capo_vocab:
+            raise ValueError(
+                f"capo_support_size = {args.capo_support_size} exceeds the vocabulary size "
+                f"{self._capo_vocab}"
+            )
+        if self._capo_active and args.capo_step_model == "adam":
+            self.capo_moments = SparseAdamMoments(
+                self._capo_vocab,
+                self._capo_hidden,
+                betas=(args.adam_beta1, args.adam_beta2),
+                eps=args.adam_epsilon,
+                device=self.accelerator.device,
+            )
+        self.add_callback(_StepEnd(self))
+
+    # ----------------------------------------------------------------------------- batch building
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards ([all ranks' completions, reward funcs]); kept for the REINFORCE advantages."""
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._capo_rewards_per_func = rewards
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's batch plus ``capo_completion_index`` / ``capo_group_ids``; REINFORCE: A = raw reward."""
+        out = super()._generate_and_score_completions(inputs)
+        n = out["completion_ids"].size(0)
+        dev = out["completion_ids"].device
+        start = self.accelerator.process_index * n
+        index = torch.arange(start, start + n, device=dev)
+        gens = self.num_generations if self._capo_training() else self.num_generations_eval
+        gens = int(gens or 1)
+        out["capo_completion_index"] = index
+        out["capo_group_ids"] = torch.div(index, gens, rounding_mode="floor")
+        if self.args.capo_variant == "reinforce" and self._capo_rewards_per_func is not None:
+            per_func = self._capo_rewards_per_func
+            weights = self.reward_weights.to(per_func.device)
+            reward = (per_func * weights[None]).nansum(dim=1)
+            reward = torch.where(torch.isnan(per_func).all(dim=1), 0.0, reward)
+            out["advantages"] = reward[start : start + n].to(out["advantages"])
+        self._capo_rewards_per_func = None
+        return out
+
+    # ------------------------------------------------------------------------------ the forward
+    def _compute_loss(self, model, inputs):
+        """TRL's loss; flags the training forward so the log-prob override applies the CAPO mask."""
+        training = self._capo_training() and torch.is_grad_enabled()
+        if training:
+            self._capo_acc.counts["completions"] += float(inputs["completion_ids"].size(0))
+            if self._capo_capture:
+                self._capo_pending = inputs
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._capo_pending = None
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+    ):
+        """TRL's log-probs; in the training forward, with the CAPO mask applied to their gradient."""
+        inputs, self._capo_pending = self._capo_pending, None
+        if inputs is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        with capture_hidden(self.accelerator.unwrap_model(model)) as cap:
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        hidden = completion_hidden(cap.hidden, logits_to_keep)
+        keep, valid = self._capo_micro_batch(
+            model, hidden, input_ids, attention_mask, logits_to_keep, inputs
+        )
+        if keep is not None:
+            per_completion_mean = self.args.capo_variant != "dr_grpo"
+            c = loss_coefficients(keep, valid, per_completion_mean, logps.dtype)
+            detached = logps.detach()
+            logps = detached + c * (logps - detached)
+        return logps, entropies, aux
+
+    def _capo_training(self) -> bool:
+        return bool(self.model is not None and self.model.training)
+
+    def _capo_lr(self) -> float:
+        """η: the learning rate the scheduler gives the current optimizer step."""
+        if self.lr_scheduler is not None:
+            return float(self.lr_scheduler.get_last_lr()[0])
+        return float(self.args.learning_rate)
+
+    def _capo_step_model(self, lr: float) -> StepModel:
+        if self.capo_moments is not None:
+            return AdamStep(lr=lr, moments=self.capo_moments)
+        return SGDStep(lr=lr)
+
+    @torch.no_grad()
+    def _capo_micro_batch(
+        self,
+        model: Any,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        inputs: dict[str, Any],
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Acceptance test of one micro-batch; returns (keep [B, K] or None if not masking, valid)."""
+        args, acc = self.args, self._capo_acc
+        valid = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            valid = valid & inputs["tool_mask"].bool()
+        weight, bias = output_layer(self.accelerator.unwrap_model(model))
+        if args.capo_log_true_kl:
+            if acc.head_before is None:
+                acc.head_before = (weight.clone(), None if bias is None else bias.clone())
+            acc.kl_inputs.append(
+                (input_ids, attention_mask, int(logits_to_keep), valid, hidden[valid])
+            )
+        if not self._capo_active:
+            return None, valid
+        lr = self._capo_lr()
+        acc.lr = lr
+        adv = inputs["advantages"]
+        adv = adv[:, None].expand(valid.shape) if adv.dim() == 1 else adv
+        completion_ids = input_ids[:, -int(logits_to_keep) :]
+        sel = select_tokens(
+            hidden,
+            completion_ids,
+            valid,
+            adv,
+            weight=weight,
+            bias=bias,
+            support_size=args.capo_support_size,
+            temperature=self.temperature,
+            step=self._capo_step_model(lr),
+            thresholds=self.capo_thresholds,
+            granularity=args.capo_granularity,
+            group_ids=inputs.get("capo_group_ids"),
+            chunk_size=args.capo_chunk_size,
+        )
+        finite = sel.shifts.token_finite
+        applied_flat = sel.keep_flat if args.capo_enabled else finite
+        counts = acc.counts
+        counts["valid"] += float(finite.numel())
+        counts["applied"] += float(applied_flat.sum())
+        counts["rejected"] += float((~sel.keep_flat).sum())
+        counts["rej_hessian"] += float(sel.fail_hessian.sum())
+        counts["rej_fisher"] += float(sel.fail_fisher.sum())
+        counts["nonfinite"] += float((~finite).sum())
+        if finite.numel() and not bool(sel.keep_flat.any()):
+            acc.all_rejected += 1
+        ok = sel.shifts.valid
+        acc.m_h.append(sel.shifts.m_H[ok].float())
+        acc.m_f.append(sel.shifts.m_F[ok].float())
+        acc.grad_parts.append(
+            last_layer_gradient(
+                sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
+            )
+        )
+        acc.accepted.append(sel.batch.select_tokens(applied_flat))
+        if self.capo_record is not None:
+            self.capo_record.append(
+                {
+                    "completion_index": inputs["capo_completion_index"].detach().cpu(),
+                    "input_ids": input_ids.detach().cpu(),
+                    "attention_mask": attention_mask.detach().cpu(),
+                    "advantages": adv.detach().cpu(),
+                    "lr": torch.tensor(lr),
+                    "valid": valid.cpu(),
+                    "keep": sel.keep.cpu(),
+                }
+            )
+        return (sel.keep if args.capo_enabled else None), valid
+
+    # ------------------------------------------------------------------------- step boundary
+    def _capo_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return t
+        return self.accelerator.reduce(t, reduction="sum")
+
+    @torch.no_grad()
+    def _capo_step_end(self) -> None:
+        """After the optimizer step, on every rank: reduce, update the moments, log (module doc)."""
+        acc, self._capo_acc = self._capo_acc, _StepAccumulator()
+        dev = self.accelerator.device
+        counts = torch.tensor([acc.counts[k] for k in _COUNTS], dtype=torch.float64, device=dev)
+        extra = torch.tensor([float(acc.all_rejected)], dtype=torch.float64, device=dev)
+        totals = dict(zip(_COUNTS, self._capo_reduce(counts).tolist(), strict=True))
+        all_rejected = float(self._capo_reduce(extra)[0])
+        self.capo_completions_seen += int(totals["completions"])
+        metrics: dict[str, float] = {"capo/completions_seen": float(self.capo_completions_seen)}
+        if self._capo_active:
+            metrics.update(self._capo_update(acc, totals, dev))
+            metrics["capo/all_rejected_microbatches"] = all_rejected
+        if self.args.capo_log_true_kl:
+            metrics["capo/true_kl"] = self._capo_true_kl(acc, dev)
+        for name, value in metrics.items():
+            self._metrics["train"][name].append(value)
+
+    def _capo_update(
+        self, acc: _StepAccumulator, totals: dict[str, float], dev: torch.device
+    ) -> dict[str, float]:
+        """Global accepted gradient -> global shifts, moments update; the step's shift statistics."""
+        valid = max(totals["valid"], 1.0)
+        out = {
+            "capo/rejection_rate": totals["rejected"] / valid,
+            "capo/rejection_rate_hessian": totals["rej_hessian"] / valid,
+            "capo/rejection_rate_fisher": totals["rej_fisher"] / valid,
+            "capo/nonfinite_tokens": totals["nonfinite"],
+            "capo/accepted_tokens": totals["applied"],
+        }
+        ids, rows = merge_rows(acc.grad_parts, self._capo_hidden, self._capo_dtype, dev)
+        union, grad_sum = allreduce_sparse_rows(ids, rows, self._capo_vocab, self._capo_reduce)
+        n_acc = round(totals["applied"])
+        grad = grad_sum / max(n_acc, 1)
+        lr = acc.lr if acc.lr is not None else self._capo_lr()
+        chunk = self.args.capo_chunk_size or 256
+        m_h, m_f = global_shifts(
+            self._capo_step_model(lr), union, grad, acc.accepted, n_acc, self._capo_reduce, chunk
+        )
+        out["capo/global_m_H"], out["capo/global_m_F"] = m_h, m_f
+        if self.capo_moments is not None:
+            self.capo_moments.update(union, grad)
+        gather = self.accelerator.gather
+        empty = torch.empty(0, device=dev)
+        m_h_all = gather_values(torch.cat(acc.m_h) if acc.m_h else empty, gather)
+        m_f_all = gather_values(torch.cat(acc.m_f) if acc.m_f else empty, gather)
+        out.update(_stats("capo/m_H", m_h_all))
+        out.update(_stats("capo/m_F", m_f_all))
+        return out
+
+    def _capo_true_kl(self, acc: _StepAccumulator, dev: torch.device) -> float:
+        """Mean exact KL(π_before || π_after) over the step's completion tokens, all ranks."""
+        total = torch.zeros(2, dtype=torch.float64, device=dev)
+        if acc.head_before is not None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            backbone = backbone_of(unwrapped)
+            w_after, b_after = output_layer(unwrapped)
+            for input_ids, attention_mask, keep_k, valid, h_before in acc.kl_inputs:
+                with self.accelerator.autocast():
+                    out = backbone(
+                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                    )
+                h_after = completion_hidden(out.last_hidden_state, keep_k)[valid]
+                kl = full_vocab_kl(
+                    h_before, *acc.head_before, h_after, w_after, b_after, self.temperature
+                )
+                total[0] += kl.double().sum()
+                total[1] += kl.numel()
+        total = self._capo_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint plus ``capo_moments.pt`` and ``capo_state.json``."""
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
+        os.makedirs(output_dir, exist_ok=True)
+        if self.capo_moments is not None:
+            torch.save(self.capo_moments.state_dict(), os.path.join(output_dir, MOMENTS_FILE))
+        with open(os.path.join(output_dir, STATE_FILE), "w") as f:
+            json.dump({"completions_seen": self.capo_completions_seen}, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """TRL's resume plus the CAPO moments and counters of the checkpoint."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        moments_path = os.path.join(checkpoint, MOMENTS_FILE)
+        if self.capo_moments is not None:
+            if os.path.exists(moments_path):
+                state = torch.load(moments_path, map_location=self.capo_moments.device)
+                self.capo_moments.load_state_dict(state)
+            else:
+                warnings.warn(
+                    f"{checkpoint} has no {MOMENTS_FILE}: the CAPO moments restart from zero",
+                    stacklevel=2,
+                )
+        state_path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                self.capo_completions_seen = int(json.load(f)["completions_seen"])
