@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from capo import __version__
+from capo.evaluation.cli import add_parser as add_eval_parser
+from capo.train import add_parser as add_train_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Curvature-Aware Policy Optimization (arXiv 2510.00819) on TRL.",
     )
     parser.add_argument("--version", action="version", version=f"capo {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,131 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from capo.recipe import METHODS, TINY_DEFAULTS
+from capo.selection import PAPER_THRESHOLDS
+from capo.train import main
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
+PAPER_RECIPES = [p for p in ALL_RECIPES if p.stem != "tiny_capo"]
+AGGRESSIVE = [p for p in PAPER_RECIPES if p.stem != "grpo_conservative"]
+THRESHOLD_KEY = {"capo": "capo", "dr_capo": "dr_capo", "reincapo": "rein_capo"}
+
+
+def load(path):
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_recipe_folder_ships_every_method_and_both_regimes():
+    stems = {p.stem for p in ALL_RECIPES}
+    expected = {
+        "grpo_conservative",
+        "grpo_aggressive",
+        "capo",
+        "dr_grpo",
+        "dr_capo",
+        "reinforce",
+        "reincapo",
+    }
+    assert expected <= stems
+    assert {"capo_vllm_colocate", "capo_vllm_server", "tiny_capo"} <= stems
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.name)
+def test_every_recipe_passes_the_dry_run(path, capsys):
+    assert main(["--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Dry run OK" in out and "CAPOTrainer" in out
+
+
+@pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: p.name)
+def test_paper_recipes_follow_appendix_j(path):
+    r = load(path)
+    assert r["model_name_or_path"] == "Qwen/Qwen2.5-Math-7B"
+    assert (r["max_prompt_length"], r["max_completion_length"]) == (512, 1024)
+    assert (r["num_generations"], r["temperature"], r["beta"]) == (8, 0.9, 0.0)
+    assert (r["max_steps"], r["lr_scheduler_type"], r["warmup_steps"]) == (100, "cosine", 0.1)
+    # The batch arithmetic: completions per optimizer step on the GPUs the recipe is written for.
+    per_step = (
+        r["per_device_train_batch_size"]
+        * r["expected_num_processes"]
+        * r["gradient_accumulation_steps"]
+    )
+    assert per_step == r["completions_per_step"] == r["generation_batch_size"]
+    regime = (3e-6, 1152) if path.stem == "grpo_conservative" else (1.5e-5, 96)
+    assert (r["learning_rate"], per_step) == regime
+
+
+@pytest.mark.parametrize("path", AGGRESSIVE, ids=lambda p: p.name)
+def test_method_fields_in_recipes_agree_with_the_shortcut_and_the_paper_thresholds(path):
+    r = load(path)
+    preset = METHODS[r["method"]]
+    for key, value in preset.items():
+        assert r[key] == value, key
+    if r["capo_enabled"]:
+        t = PAPER_THRESHOLDS[THRESHOLD_KEY[r["method"]]]
+        assert (r["hessian_low"], r["hessian_high"], r["fisher_max"]) == (
+            t.hessian_low,
+            t.hessian_high,
+            t.fisher_max,
+        )
+
+
+def test_vllm_variants_set_the_trl_flags():
+    colocate, server = (
+        load(RECIPES / "capo_vllm_colocate.yaml"),
+        load(RECIPES / "capo_vllm_server.yaml"),
+    )
+    assert (
+        colocate["use_vllm"]
+        and colocate["vllm_mode"] == "colocate"
+        and colocate["expected_num_processes"] == 4
+    )
+    assert (
+        server["use_vllm"]
+        and server["vllm_mode"] == "server"
+        and server["expected_num_processes"] == 3
+    )
+
+
+def test_tiny_recipe_file_is_the_embedded_default():
+    assert load(RECIPES / "tiny_capo.yaml") == TINY_DEFAULTS
+
+
+def test_accelerate_configs_target_four_gpus():
+    zero2 = load(RECIPES / "accelerate" / "zero2.yaml")
+    ddp = load(RECIPES / "accelerate" / "ddp.yaml")
+    assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2
+    assert ddp["distributed_type"] == "MULTI_GPU"
+    for config in (zero2, ddp):
+        assert (
+            config["num_processes"] == 4
+            and config["mixed_precision"] == "bf16"
+            and not config["use_cpu"]
+        )
+
+
+def test_readme_documents_every_recipe_and_launch_mode():
+    text = (RECIPES / "README.md").read_text()
+    for path in ALL_RECIPES:
+        assert path.name in text
+    for needle in ("accelerate launch", "trl vllm-serve", "zero2.yaml", "ddp.yaml", "--dry-run"):
+        assert needle in text
+
+
+def test_dry_run_rejects_a_recipe_whose_batch_arithmetic_is_wrong(tmp_path, capsys):
+    recipe = load(RECIPES / "capo.yaml")
+    recipe["completions_per_step"] = 128
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["--config", str(path), "--dry-run"]) == 1
+    assert "declares 128 completions per step" in capsys.readouterr().out
+
+
+def test_unknown_recipe_keys_are_an_error(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text("learning_rat: 1.0e-5\n")
+    assert main(["--config", str(path), "--dry-run"]) == 2
+    assert "learning_rat" in capsys.readouterr().err
