@@ -56,6 +56,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job: ``capo train`` on the embedded tiny default (CPU, a few minutes)."""
+    install_project(session, "train")
+    session.run("capo", "train", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """CAPO step vs the naive implementation: times, peak memory, scaling (benchmarks/run.py)."""
     install_project(session, "train,dev")
