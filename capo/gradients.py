@@ -57,8 +57,13 @@ def last_layer_gradient(
     if reduction == "mean" and tok.numel():
         coef /= tok.numel()
     rows = torch.zeros(row_ids.numel(), hs, dtype=cdt, device=dev)
-    for c0 in range(0, tok.numel(), chunk):
+    n_tok = tok.numel()
+    # One [C, k, H] buffer reused by every chunk (fresh blocks would be page-faulted in each time).
+    buf = torch.empty(min(chunk, n_tok) * k * hs, dtype=cdt, device=dev)
+    for c0 in range(0, n_tok, chunk):
         sl = slice(c0, c0 + chunk)
-        blk = coef[sl][:, :, None] * batch.hidden[tok[sl]].to(cdt)[:, None, :]
-        rows.index_add_(0, inv[sl].reshape(-1), blk.reshape(-1, hs))
+        h = torch.index_select(batch.hidden, 0, tok[sl]).to(cdt)
+        blk = buf[: h.shape[0] * k * hs].view(h.shape[0], k, hs)
+        torch.mul(coef[sl][:, :, None], h[:, None, :], out=blk)
+        rows.index_add_(0, inv[sl].reshape(-1), blk.view(-1, hs))
     return row_ids, rows

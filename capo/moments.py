@@ -17,6 +17,10 @@ import torch
 __all__ = ["SparseAdamMoments"]
 
 
+_BLOCK_BYTES = 4 * 2**20
+"""Size of the row blocks :meth:`SparseAdamMoments.update` works on (cache-sized temporaries)."""
+
+
 def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
@@ -105,6 +109,71 @@ class SparseAdamMoments:
         b2 = torch.tensor(self.betas[1], dtype=torch.float64, device=self.device)
         return torch.pow(b1, dt), torch.pow(b2, dt)
 
+    def lookup(
+        self, row_ids: torch.Tensor, *, check: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where rows are stored and how far they have decayed: the parts of :meth:`read`.
+
+        For fused readers (:meth:`capo.AdamStep.token_directions`) that scale rows while they use
+        them instead of materialising decayed copies first.
+
+        Args:
+            row_ids: [R] int64 vocabulary ids (repeats allowed).
+            check: validate ``row_ids`` (dtype, range); pass False only for ids already checked.
+
+        Returns:
+            (slots [R] int64, β1^Δt [R], β2^Δt [R] float64, Δt = t − step last written): the moments
+            at step t are ``β^Δt · table[slot]``. Rows never touched get slot 0 and factor 0.
+        """
+        if check:
+            row_ids = self._check_ids("row_ids", row_ids)
+        else:
+            row_ids = row_ids.to(self.device)
+        slot = self._slot[row_ids]
+        known = slot >= 0
+        safe = slot.clamp_min(0)
+        if self._count == 0:
+            z = torch.zeros(row_ids.numel(), dtype=torch.float64, device=self.device)
+            return safe, z, z.clone()
+        d1, d2 = self._decay(safe, self.t)
+        return safe, torch.where(known, d1, 0.0), torch.where(known, d2, 0.0)
+
+    def gather(
+        self, slots: torch.Tensor, *, scratch: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Undecayed stored rows (m, v) [R, H] at ``slots`` from :meth:`lookup`.
+
+        Args:
+            slots: [R] int64 slots from :meth:`lookup`.
+            scratch: write into two scratch buffers kept by this object and reused by the next
+                call with ``scratch=True`` (valid until then; for fused readers that consume them
+                at once). Fresh tensors would be page-faulted in on every call on CPU, which costs
+                more than the gather itself; the buffers hold at most the largest R·H asked for.
+
+        Returns:
+            (m, v), each [R, H] in the storage dtype.
+        """
+        r = slots.numel()
+        if scratch:
+            m, v = self._scratch_rows(r)
+        else:
+            shape = (r, self.hidden_size)
+            m = torch.empty(shape, dtype=self.dtype, device=self.device)
+            v = torch.empty(shape, dtype=self.dtype, device=self.device)
+        if self._count == 0:
+            return m.zero_(), v.zero_()
+        torch.index_select(self._m, 0, slots, out=m)
+        torch.index_select(self._v, 0, slots, out=v)
+        return m, v
+
+    def _scratch_rows(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = getattr(self, "_scratch", None)
+        if buf is None or buf.shape[1] < rows * self.hidden_size or buf.dtype != self.dtype:
+            buf = torch.empty(2, rows * self.hidden_size, dtype=self.dtype, device=self.device)
+            self._scratch = buf
+        n = rows * self.hidden_size
+        return buf[0, :n].view(rows, -1), buf[1, :n].view(rows, -1)
+
     def read(self, row_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The moments of the given rows at the current step t, decayed as dense Adam would.
 
@@ -118,17 +187,11 @@ class SparseAdamMoments:
 
     def _gather(self, row_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`read` without validation (ids already known to lie in [0, V), on this device)."""
-        slot = self._slot[row_ids]
-        known = slot >= 0
-        safe = slot.clamp_min(0)
-        if self._count == 0:
-            z = torch.zeros(row_ids.numel(), self.hidden_size, dtype=self.dtype, device=self.device)
-            return z, z.clone()
-        d1, d2 = self._decay(safe, self.t)
-        d1 = torch.where(known, d1, 0.0).to(self.dtype)[:, None]
-        d2 = torch.where(known, d2, 0.0).to(self.dtype)[:, None]
-        m = self._m[safe].mul_(d1)
-        v = self._v[safe].mul_(d2)
+        slots, d1, d2 = self.lookup(row_ids, check=False)
+        m, v = self.gather(slots)
+        if self._count:
+            m.mul_(d1.to(self.dtype)[:, None])
+            v.mul_(d2.to(self.dtype)[:, None])
         return m, v
 
     def _grow(self, needed: int) -> None:
@@ -173,7 +236,8 @@ class SparseAdamMoments:
             )
         if r > 1 and bool((torch.sort(row_ids).values.diff() == 0).any()):
             raise ValueError(f"row_ids {_shape(row_ids)} must be unique")
-        if not bool(torch.isfinite(row_grads).all()):
+        block = max(1, _BLOCK_BYTES // (8 * self.hidden_size))  # rows per block of temporaries
+        if not all(bool(torch.isfinite(gb).all()) for gb in row_grads.split(block)):
             raise ValueError(f"row_grads {_shape(row_grads)} has non-finite entries")
         if row_grads.dtype == torch.float64:
             self._promote_to_float64()
@@ -195,10 +259,13 @@ class SparseAdamMoments:
             slot = self._slot[row_ids]
         b1, b2 = self.betas
         d1, d2 = self._decay(slot, new_step)
-        m = self._m[slot].mul_(d1.to(self.dtype)[:, None]).add_(g, alpha=1.0 - b1)
-        v = self._v[slot].mul_(d2.to(self.dtype)[:, None]).addcmul_(g, g, value=1.0 - b2)
-        self._m[slot] = m
-        self._v[slot] = v
+        d1, d2 = d1.to(self.dtype)[:, None], d2.to(self.dtype)[:, None]
+        for r0 in range(0, r, block):  # bounded temporaries: no fresh [R, H] pages to fault in
+            sl, gb = slot[r0 : r0 + block], g[r0 : r0 + block]
+            m = torch.index_select(self._m, 0, sl).mul_(d1[r0 : r0 + block])
+            v = torch.index_select(self._v, 0, sl).mul_(d2[r0 : r0 + block])
+            self._m.index_copy_(0, sl, m.add_(gb, alpha=1.0 - b1))
+            self._v.index_copy_(0, sl, v.addcmul_(gb, gb, value=1.0 - b2))
         self._last[slot] = new_step
         self.t = new_step
 

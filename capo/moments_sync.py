@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from capo.shifts import policy_error, token_terms
 from capo.steps import StepModel
 from capo.tokens import TokenBatch
 
@@ -72,19 +73,17 @@ def _quadratic_terms(
     """[2]: Σ_i A_i[(u_iᵀv_i)² − v_iᵀF_iv_i] and Σ_i (u_iᵀv_i)² with v_i = Δ[S_i] h_i (eqs 58, 63)."""
     cdt = delta.dtype
     out = torch.zeros(2, dtype=cdt, device=delta.device)
+    k, hs = batch.support_size, batch.hidden_size
     for c0 in range(0, batch.num_tokens, chunk):
         sl = slice(c0, c0 + chunk)
         p = batch.support_probs[sl].to(cdt)
-        u = -p
-        u.scatter_add_(1, batch.action_index[sl][:, None], torch.ones_like(p[:, :1]))
         pos = torch.searchsorted(union, batch.support_ids[sl])
-        v = torch.einsum("ckh,ch->ck", delta[pos], batch.hidden[sl].to(cdt))
-        uv = (u * v).sum(dim=1)
-        pv = (p * v).sum(dim=1)
-        vfv = (p * (v - pv[:, None]).square()).sum(dim=1) + pv.square() * (1.0 - p.sum(dim=1))
+        rows = torch.index_select(delta, 0, pos.reshape(-1)).view(-1, k, hs)
+        v = rows.mul_(batch.hidden[sl].to(cdt)[:, None, :]).sum(dim=2)
         adv = batch.advantages[sl].to(cdt)
-        out[0] += (adv * (uv.square() - vfv)).sum()
-        out[1] += uv.square().sum()
+        _, q_h, q_f = token_terms(policy_error(p, batch.action_index[sl]), p, v, adv)
+        out[0] += q_h.sum()
+        out[1] += q_f.sum()
     return out
 
 

@@ -52,6 +52,19 @@ class SGDStep:
         del row_ids
         return row_grads * self.lr
 
+    def token_directions(
+        self, ids: torch.Tensor, coef: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """v_i = Δ_i[S_i] h_i of each token's own step Δ_i = η coef_i ⊗ h_i: η ‖h_i‖² coef_i, [C, k].
+
+        Args:
+            ids: [C, k] support ids (unused by SGD).
+            coef: [C, k] gradient coefficients (A_i u_i, so that g_i = coef_i ⊗ h_i, eq 7).
+            hidden: [C, H] hidden states in the compute dtype.
+        """
+        del ids
+        return coef * (hidden.square().sum(dim=1) * self.lr)[:, None]
+
 
 @dataclass(frozen=True)
 class AdamStep:
@@ -96,6 +109,41 @@ class AdamStep:
         v.mul_(b2).addcmul_(row_grads, row_grads, value=1.0 - b2)
         v.div_(bc2).sqrt_().add_(mom.eps)
         return m.div_(v).mul_(self.lr / bc1)
+
+    def token_directions(
+        self, ids: torch.Tensor, coef: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """v_i = Δ_i[S_i] h_i of each token's own step Δ_i = step(coef_i ⊗ h_i), [C, k], fused.
+
+        The same step as :meth:`propose` on the k rows g_i = coef_i ⊗ h_i of each token, without
+        forming g_i: m' = β1 m + (1 − β1) coef ⊗ h and v' = β2 v + (1 − β2) coef² ⊗ h² are built
+        in place on the gathered moment rows, and the bias corrections are folded into scalars,
+        Δ = η √(1 − β2^{t+1}) / (1 − β1^{t+1}) · m' / (√v' + ε √(1 − β2^{t+1})) (equal to
+        :meth:`propose` up to rounding). Temporaries: two [C, k, H] blocks.
+
+        Args:
+            ids: [C, k] support ids, already checked to lie in [0, V).
+            coef: [C, k] gradient coefficients (A_i u_i, so that g_i = coef_i ⊗ h_i, eq 7).
+            hidden: [C, H] hidden states in the compute dtype.
+        """
+        mom = self.moments
+        c, k = ids.shape
+        hs = hidden.shape[1]
+        dt, dev = hidden.dtype, hidden.device
+        b1, b2 = mom.betas
+        t1 = mom.t + 1
+        bc1 = 1.0 - b1**t1
+        sq_bc2 = math.sqrt(1.0 - b2**t1)
+        slots, d1, d2 = mom.lookup(ids.reshape(-1), check=False)
+        m, v = mom.gather(slots, scratch=True)  # consumed in place below, before returning
+        m = m.to(device=dev, dtype=dt).view(c, k, hs)
+        v = v.to(device=dev, dtype=dt).view(c, k, hs)
+        m.mul_((d1 * b1).to(device=dev, dtype=dt).view(c, k, 1))
+        m.addcmul_(coef[:, :, None], hidden[:, None, :], value=1.0 - b1)
+        v.mul_((d2 * b2).to(device=dev, dtype=dt).view(c, k, 1))
+        v.addcmul_(coef.square()[:, :, None], hidden.square()[:, None, :], value=1.0 - b2)
+        m.div_(v.sqrt_().add_(mom.eps * sq_bc2))
+        return m.mul_(hidden[:, None, :]).sum(dim=2).mul_(self.lr * sq_bc2 / bc1)
 
 
 StepModel = SGDStep | AdamStep

@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_LOGIT_CHUNK_BYTES", "Support", "support_from_hidden", "suppo
 
 _Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-DEFAULT_LOGIT_CHUNK_BYTES = 256 * 2**20
+DEFAULT_LOGIT_CHUNK_BYTES = 64 * 2**20
 """Memory budget for one chunk of [C, V] logits (float32) in :func:`support_from_hidden`."""
 
 
@@ -56,7 +56,9 @@ def _chunk_support(
     logits: torch.Tensor, sampled: torch.Tensor, k: int, temperature: float, cdt: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Support of one chunk: logits [C, V], sampled [C] -> ids [C, k], probs [C, k], index [C], lp [C]."""
-    z = logits.to(cdt) / temperature
+    z = logits.to(cdt)
+    if temperature != 1.0:
+        z = z / temperature
     lse = torch.logsumexp(z, dim=1)
     z_a = z.gather(1, sampled[:, None]).squeeze(1)
     vals, ids = torch.topk(z, k, dim=1)
