@@ -1,0 +1,555 @@
+"""Benchmark the CAPO step (capo/) against the naive implementation (benchmarks/naive.py).
+
+Times and peak extra memory of: support extraction from hidden states + output weight, directional
+shifts (SGD / Adam, token level / batch level), select, batch gradient + moments update; the output
+layer's forward+backward on the same tokens is timed as the yardstick of a training step. Every case
+runs naive and fast in the same process, repetitions interleaved (naive, fast, naive, fast, ...), and
+reports medians, their ratio, and the max relative disagreement (max |naive − fast| / max |naive|).
+
+Memory: each shape is re-run in a fresh subprocess with ``MALLOC_MMAP_THRESHOLD_=65536`` (every
+tensor of 64 KiB or more gets its own mapping and is returned to the OS when freed). Before each
+operation the peak-RSS counter is reset (``/proc/self/clear_refs`` = 5) and the resident size read;
+peak extra = VmHWM after − VmRSS before. Inputs and the moments state exist before and do not count.
+
+Usage:
+    python benchmarks/run.py                 # full grid (a few minutes on 2 cores)
+    python benchmarks/run.py --quick         # small shapes, seconds
+    python benchmarks/run.py --out outputs/bench --threads 1 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import naive
+
+import capo
+from capo.gradients import last_layer_gradient
+
+LR = 1e-3
+SLOW_S = 2.0
+"""Calls slower than this are not repeated for warm-up (their first call is a timed repetition)."""
+THRESH = capo.Thresholds(hessian_low=-1e-2, hessian_high=1e-2, fisher_max=1e-4)
+
+# ----------------------------------------------------------------------------- cases
+
+
+def make_case(N: int, k: int, H: int, V: int, seed: int = 0, warm_updates: int = 2) -> dict:
+    """Random float32 tokens, an output weight, and Adam moments after ``warm_updates`` steps."""
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.randperm(V, generator=g)[:k]
+    base = torch.randint(0, V, (N, 1), generator=g)
+    ids = (base + offsets[None, :]) % V  # unique within a row, rows spread over the vocabulary
+    probs = torch.softmax(2.0 * torch.randn(N, k, generator=g), dim=1)
+    batch = capo.TokenBatch(
+        hidden=torch.randn(N, H, generator=g),
+        support_ids=ids,
+        support_probs=probs,
+        action_index=torch.randint(0, k, (N,), generator=g),
+        advantages=torch.randn(N, generator=g),
+    )
+    mom = capo.SparseAdamMoments(V, H)
+    for _ in range(warm_updates):
+        rows = torch.randperm(V, generator=g)[: max(1, V // 2)]
+        mom.update(rows.sort().values, 1e-2 * torch.randn(rows.numel(), H, generator=g))
+    weight = torch.randn(V, H, generator=g) / math.sqrt(H)
+    sampled = torch.randint(0, V, (N,), generator=g)
+    return {
+        "batch": batch,
+        "mom": mom,
+        "weight": weight,
+        "sampled": sampled,
+        "shape": {"N": N, "k": k, "H": H, "V": V},
+    }
+
+
+def _clone_mom(mom: capo.SparseAdamMoments) -> capo.SparseAdamMoments:
+    out = capo.SparseAdamMoments(mom.vocab_size, mom.hidden_size, mom.betas, mom.eps)
+    out.load_state_dict(mom.state_dict())
+    return out
+
+
+def ops_for(case: dict, which: list[str]) -> dict[str, dict[str, Callable[[], object]]]:
+    """Operation name -> {implementation name -> zero-argument callable}."""
+    b, mom, w, smp = case["batch"], case["mom"], case["weight"], case["sampled"]
+    k = b.support_size
+    # the naive [V, H] tables are state (built before timing / memory), only when an op needs them
+    needs_dense = any(op.startswith("shifts_adam") for op in which)
+    dense_tables = naive.DenseAdam.from_sparse(mom) if needs_dense else None
+
+    def dense_mom() -> naive.DenseAdam:
+        assert dense_tables is not None
+        return dense_tables
+
+    adam, sgd = capo.AdamStep(LR, mom), capo.SGDStep(LR)
+    zeros = torch.zeros(b.num_tokens, dtype=torch.int64)
+    pre = capo.directional_shifts(b, adam) if "select" in which else None
+    upd_sparse = {"obj": _clone_mom(mom)} if "grad_moments" in which else {}
+    upd_dense = {"obj": None}
+
+    def grad_moments_fast() -> object:
+        rows, g = last_layer_gradient(b)
+        upd_sparse["obj"].update(rows, g)
+        return rows, g
+
+    def grad_moments_naive() -> object:
+        if upd_dense["obj"] is None:
+            upd_dense["obj"] = naive.DenseAdam.from_sparse(mom)
+        rows, g = naive.batch_gradient(b)
+        upd_dense["obj"].update_loop(rows, g)
+        return rows, g
+
+    def yardstick() -> object:
+        wp = w.clone().requires_grad_(True)
+        hp = b.hidden.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(hp @ wp.T, smp)
+        loss.backward()
+        return loss.detach()
+
+    table: dict[str, dict[str, Callable[[], object]]] = {
+        "support": {
+            "naive": lambda: naive.support(b.hidden, w, smp, k),
+            "fast": lambda: capo.support_from_hidden(b.hidden, w, smp, k),
+        },
+        "shifts_adam_token": {
+            "naive": lambda: naive.shifts_token(b, LR, dense_mom()),
+            "fast": lambda: capo.directional_shifts(b, adam),
+        },
+        "shifts_sgd_token": {
+            "naive": lambda: naive.shifts_token(b, LR, None),
+            "fast": lambda: capo.directional_shifts(b, sgd),
+        },
+        "shifts_adam_batch": {
+            "naive": lambda: naive.shifts_subsets(b, LR, dense_mom(), zeros),
+            "fast": lambda: capo.directional_shifts(b, adam, zeros),
+        },
+        "shifts_sgd_batch": {
+            "naive": lambda: naive.shifts_subsets(b, LR, None, zeros),
+            "fast": lambda: capo.directional_shifts(b, sgd, zeros),
+        },
+        "select": {
+            "naive": lambda: naive.select(pre.m_H, pre.m_F, THRESH),
+            "fast": lambda: capo.select(pre, THRESH),
+        },
+        "grad_moments": {"naive": grad_moments_naive, "fast": grad_moments_fast},
+        "yardstick_fwd_bwd": {"fast": yardstick},
+    }
+    return {name: table[name] for name in which}
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def _as_arrays(op: str, out: object) -> list[torch.Tensor]:
+    if isinstance(out, capo.Shifts):
+        return [out.m_H, out.m_F]
+    if isinstance(out, capo.Support):
+        return [out.support_ids, out.support_probs, out.action_index]
+    if isinstance(out, tuple):
+        return list(out)
+    if isinstance(out, torch.Tensor):
+        return [out]
+    raise TypeError(f"{op}: cannot compare {type(out)}")
+
+
+def max_rel_err(a: object, b: object, op: str) -> float:
+    """max over outputs of max |a − b| / max |a| (float), or the mismatch fraction (int / bool)."""
+    worst = 0.0
+    for x, y in zip(_as_arrays(op, a), _as_arrays(op, b), strict=True):
+        if x.shape != y.shape:
+            return float("inf")
+        if not x.is_floating_point():
+            worst = max(worst, float((x != y).double().mean()))
+            continue
+        x64, y64 = x.double(), y.double()
+        scale = float(x64.abs().max()) if x64.numel() else 0.0
+        worst = max(
+            worst, float((x64 - y64).abs().max()) / max(scale, 1e-300) if x64.numel() else 0.0
+        )
+    return worst
+
+
+def moments_agreement(case: dict) -> float:
+    """Fast (sparse) vs naive (dense loop) moments after one batch-gradient update from one state."""
+    b, mom = case["batch"], case["mom"]
+    sp, dn = _clone_mom(mom), naive.DenseAdam.from_sparse(mom)
+    rows, g = last_layer_gradient(b)
+    sp.update(rows, g)
+    nrows, ng = naive.batch_gradient(b)
+    dn.update_loop(nrows, ng)
+    m, v = sp.to_dense()
+    return max(max_rel_err(dn.m, m, "m"), max_rel_err(dn.v, v, "v"))
+
+
+# ----------------------------------------------------------------------------- timing / memory
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def time_ops(ops: dict, reps: int) -> dict[str, dict]:
+    """Per op: interleaved repetitions of all its implementations; medians, ratio, agreement."""
+    res: dict[str, dict] = {}
+    for op, impls in ops.items():
+        times: dict[str, list[float]] = {name: [] for name in impls}
+        outs: dict[str, object] = {}
+        for name, fn in impls.items():  # warm-up (allocator, first-call overheads)
+            dt, outs[name] = timed(fn)
+            if dt > SLOW_S:  # a slow call is its own warm-up: keep it as the first repetition
+                times[name].append(dt)
+        for _ in range(reps):
+            for name, fn in impls.items():
+                if len(times[name]) >= reps:
+                    continue
+                gc.collect()
+                dt, _ = timed(fn)
+                times[name].append(dt)
+        entry: dict = {name + "_s": statistics.median(ts) for name, ts in times.items()}
+        entry.update({name + "_all_s": ts for name, ts in times.items()})
+        if "naive" in impls and "fast" in impls:
+            entry["speedup"] = entry["naive_s"] / entry["fast_s"]
+            entry["max_rel_err"] = (
+                None if op == "grad_moments" else max_rel_err(outs["naive"], outs["fast"], op)
+            )
+        res[op] = entry
+    return res
+
+
+_libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_extra_bytes(fn: Callable[[], object]) -> int:
+    """Peak resident memory above the level before ``fn`` (needs Linux, see module docstring)."""
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
+    out = fn()
+    peak = _status_kb("VmHWM")
+    del out
+    return max(0, peak - before) * 1024
+
+
+def memory_child(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    case = make_case(**spec["shape"])
+    ops = ops_for(case, spec["ops"])
+    res: dict[str, dict] = {}
+    for op, impls in ops.items():
+        res[op] = {}
+        for name, fn in impls.items():
+            if op == "grad_moments":
+                fn()  # the first update grows the sparse tables: state, not extra memory
+            res[op][name + "_bytes"] = peak_extra_bytes(fn)
+    mom = case["mom"]
+    res["_moments_state"] = {
+        "sparse_bytes": mom.num_rows * mom.hidden_size * 2 * 4,
+        "dense_bytes": mom.vocab_size * mom.hidden_size * 2 * 4,
+        "rows_touched": mom.num_rows,
+    }
+    return res
+
+
+def measure_memory(shape: dict, ops: list[str], threads: int) -> dict:
+    spec = {"shape": shape, "ops": ops, "threads": threads}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--memory-child", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed for {shape}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def fit_exponent(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y on log x."""
+    lx, ly = [math.log(x) for x in xs], [math.log(max(y, 1e-12)) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den
+
+
+def chunk_sweep(shape: dict, chunks: list[int], reps: int) -> list[dict]:
+    """Fast Adam token level at one shape for several chunk sizes: where it becomes memory-bound."""
+    case = make_case(**shape)
+    b, adam = case["batch"], capo.AdamStep(LR, case["mom"])
+    n_elem = shape["N"] * shape["k"] * shape["H"]
+    fns = {c: (lambda c=c: capo.directional_shifts(b, adam, chunk_size=c)) for c in chunks}
+    for fn in fns.values():
+        fn()
+    times: dict[int, list[float]] = {c: [] for c in chunks}
+    for _ in range(reps):
+        for c, fn in fns.items():
+            times[c].append(timed(fn)[0])
+    out = []
+    for c in chunks:
+        t = statistics.median(times[c])
+        out.append(
+            {
+                "chunk_tokens": c,
+                "block_MiB": c * shape["k"] * shape["H"] * 4 / 2**20,
+                "time_s": t,
+                "ns_per_elem": 1e9 * t / n_elem,
+            }
+        )
+    return out
+
+
+def moments_growth(vocab: int, hidden: int, rows: list[int]) -> list[dict]:
+    """Bytes held by SparseAdamMoments after touching R rows (one update) vs the dense [V, H] tables."""
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for r in rows:
+        mom = capo.SparseAdamMoments(vocab, hidden)
+        ids = torch.randperm(vocab, generator=g)[:r]
+        mom.update(ids, torch.ones(r, hidden))
+        held = sum(
+            t.numel() * t.element_size()
+            for t in mom.state_dict().values()
+            if isinstance(t, torch.Tensor)
+        )
+        cap = sum(
+            t.numel() * t.element_size() for t in (mom._m, mom._v, mom._slot, mom._ids, mom._last)
+        )
+        out.append(
+            {
+                "rows": r,
+                "state_bytes": held,
+                "allocated_bytes": cap,
+                "dense_bytes": 2 * vocab * hidden * 4,
+            }
+        )
+        del mom
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt_ms(x: float | None) -> str:
+    return "-" if x is None else (f"{1e3 * x:9.1f}" if x >= 0.01 else f"{1e3 * x:9.3f}")
+
+
+def _fmt_mb(x: int | None) -> str:
+    return "-" if x is None else f"{x / 2**20:8.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"{'case':<10} {'op':<18} {'N':>6} {'k':>4} {'H':>5} {'V':>6} | {'naive ms':>9} "
+        f"{'fast ms':>9} {'speedup':>8} | {'naive MB':>8} {'fast MB':>8} {'mem ×':>7} | rel err"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s = r["shape"]
+        sp = r.get("speedup")
+        nb, fb = r.get("naive_bytes"), r.get("fast_bytes")
+        mr = f"{nb / fb:7.1f}" if nb and fb else "      -"
+        err = r.get("max_rel_err")
+        lines.append(
+            f"{r['case']:<10} {r['op']:<18} {s['N']:>6} {s['k']:>4} {s['H']:>5} {s['V']:>6} | "
+            f"{_fmt_ms(r.get('naive_s')):>9} {_fmt_ms(r.get('fast_s')):>9} "
+            f"{(f'{sp:7.1f}x' if sp else '-'):>8} | {_fmt_mb(nb):>8} {_fmt_mb(fb):>8} {mr} | "
+            f"{'-' if err is None else f'{err:.1e}'}"
+        )
+    return "\n".join(lines)
+
+
+def run_case(
+    name: str, shape: dict, ops: list[str], reps: int, threads: int, memory: bool
+) -> list[dict]:
+    print(f"[{name}] {shape} ops={ops}", file=sys.stderr, flush=True)
+    case = make_case(**shape)
+    res = time_ops(ops_for(case, ops), reps)
+    if "grad_moments" in ops:
+        res["grad_moments"]["max_rel_err"] = moments_agreement(case)
+    del case
+    gc.collect()
+    mem = measure_memory(shape, ops, threads) if memory else {}
+    rows = []
+    for op in ops:
+        row = {"case": name, "op": op, "shape": shape, **res[op], **mem.get(op, {})}
+        if op == "grad_moments" and mem:
+            row["moments_state"] = mem["_moments_state"]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, 1 repetition (CI smoke)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and table.txt")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per implementation")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--only", default=None, help="comma-separated case names to run")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return 0
+    torch.set_num_threads(args.threads)
+    reps = args.reps or (1 if args.quick else 3)
+    memory = not args.no_memory and sys.platform.startswith("linux")
+    token_ops = ["shifts_adam_token", "shifts_sgd_token", "select"]
+    if args.quick:
+        cases = [
+            (
+                "target",
+                {"N": 512, "k": 16, "H": 128, "V": 1024},
+                [
+                    "support",
+                    *token_ops,
+                    "shifts_adam_batch",
+                    "shifts_sgd_batch",
+                    "yardstick_fwd_bwd",
+                ],
+            ),
+            ("moments", {"N": 128, "k": 16, "H": 256, "V": 1024}, ["grad_moments"]),
+        ]
+        grid_base, grid = (
+            {"N": 256, "k": 8, "H": 64, "V": 1024},
+            {"N": [128, 512], "k": [4, 16], "H": [32, 128]},
+        )
+        sweep_shape, sweep_chunks = {"N": 512, "k": 16, "H": 128, "V": 1024}, [8, 64, 512]
+    else:
+        cases = [
+            (
+                "target",
+                {"N": 8192, "k": 50, "H": 1024, "V": 4096},
+                ["support", *token_ops, "yardstick_fwd_bwd"],
+            ),
+            (
+                "batch",
+                {"N": 2048, "k": 50, "H": 1024, "V": 4096},
+                ["shifts_adam_batch", "shifts_sgd_batch"],
+            ),
+            ("moments", {"N": 1024, "k": 50, "H": 3584, "V": 8192}, ["grad_moments"]),
+        ]
+        grid_base = {"N": 2048, "k": 32, "H": 512, "V": 4096}
+        grid = {"N": [512, 2048, 8192], "k": [8, 32, 128], "H": [128, 512, 2048]}
+        sweep_shape = {"N": 4096, "k": 50, "H": 1024, "V": 4096}
+        sweep_chunks = [2, 8, 32, 81, 256, 1024]
+    if args.only:
+        keep = set(args.only.split(","))
+        cases = [c for c in cases if c[0] in keep]
+    rows: list[dict] = []
+    for name, shape, ops in cases:
+        rows.extend(run_case(name, shape, ops, reps, args.threads, memory))
+
+    scaling: dict[str, dict] = {}
+    if not args.only or "scaling" in args.only.split(","):
+        for axis, values in grid.items():
+            pts = []
+            for x in values:
+                shape = {**grid_base, axis: x}
+                pts.extend(
+                    run_case(
+                        f"scale-{axis}", shape, ["shifts_adam_token"], reps, args.threads, memory
+                    )
+                )
+            rows.extend(pts)
+            xs = [float(p["shape"][axis]) for p in pts]
+            scaling[axis] = {
+                impl + "_" + what: fit_exponent(xs, [float(p[f"{impl}_{key}"]) for p in pts])
+                for impl in ("naive", "fast")
+                for what, key in (("time_exp", "s"), ("mem_exp", "bytes"))
+                if all(p.get(f"{impl}_{key}") for p in pts)
+            }
+    sweep = []
+    if not args.only or "sweep" in args.only.split(","):
+        print(f"[sweep] {sweep_shape} chunks={sweep_chunks}", file=sys.stderr, flush=True)
+        sweep = chunk_sweep(sweep_shape, sweep_chunks, reps)
+
+    growth_v, growth_h = 152064, 1024  # the paper's vocabulary (Qwen2.5), a 1024-wide head
+    growth = moments_growth(
+        growth_v, growth_h, [100, 1000, 8000] if args.quick else [1000, 8000, 32000]
+    )
+    text = table(rows)
+    text += (
+        f"\n\nsparse Adam moments held after touching R rows (V = {growth_v}, H = {growth_h}):\n"
+    )
+    for gr in growth:
+        text += (
+            f"  R={gr['rows']:>6}: {gr['allocated_bytes'] / 2**20:8.1f} MiB allocated "
+            f"(dense [V, H] m+v: {gr['dense_bytes'] / 2**20:.0f} MiB)\n"
+        )
+    if scaling:
+        text += "\n\nfitted exponents (shifts_adam_token, log-log slope over the grid axis):\n"
+        for axis, fits in scaling.items():
+            text += f"  {axis}: " + ", ".join(f"{k}={v:.2f}" for k, v in fits.items()) + "\n"
+    if sweep:
+        text += f"\nchunk sweep (fast shifts_adam_token at {sweep_shape}):\n"
+        for s in sweep:
+            text += (
+                f"  chunk={s['chunk_tokens']:>5} tokens  block={s['block_MiB']:7.2f} MiB  "
+                f"{1e3 * s['time_s']:8.1f} ms  {s['ns_per_elem']:.3f} ns/(N·k·H)\n"
+            )
+    meta = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "reps": reps,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "memory_method": "fresh subprocess per shape, MALLOC_MMAP_THRESHOLD_=65536, VmHWM-VmRSS",
+        "lr": LR,
+    }
+    header = (
+        f"# CAPO benchmark {meta['date']}  torch {meta['torch']}  threads={args.threads}  "
+        f"reps={reps} (median, interleaved)  load={meta['loadavg']}"
+    )
+    print(header)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(
+            json.dumps(
+                {"meta": meta, "rows": rows, "scaling": scaling, "chunk_sweep": sweep}, indent=1
+            )
+        )
+        (args.out / "table.txt").write_text(header + "\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

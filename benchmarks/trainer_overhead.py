@@ -1,0 +1,233 @@
+"""CAPO's share of a whole training step of the tiny embedded default (``capo train``), CAPO on vs off.
+
+Runs ``capo train`` (the embedded tiny default) in this process for a few optimizer steps with each of
+
+- ``grpo``:  the baseline, CAPO off (no hidden-state capture, no curvature model);
+- ``capo``:  CAPO on (support, shifts, select, masked loss, batch gradient, moments update);
+- ``capo+kl``: CAPO on plus the default true-KL diagnostic (``capo_log_true_kl``, a full-vocabulary
+  KL of the output layer before/after the step; a diagnostic, not part of CAPO);
+
+and times every optimizer step (a TrainerCallback: ``on_step_begin`` → ``on_step_end``). Inside the CAPO
+runs the trainer's CAPO hooks (``_capo_micro_batch``: support + shifts + select + gradient rows;
+``_capo_step_end``: merge, global shifts, moments update, statistics; ``_capo_true_kl``) are wrapped
+with timers, so the overhead is also measured *within* one run (robust to machine noise). The first
+``--skip`` steps are dropped (warm-up). The run order is interleaved over ``--rounds``.
+
+Usage:
+    python benchmarks/trainer_overhead.py --steps 6 --rounds 2 --out outputs/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METHODS = {
+    "grpo": ["--method", "grpo", "--capo_log_true_kl", "false"],
+    "capo": ["--method", "capo", "--capo_log_true_kl", "false"],
+    "capo+kl": ["--method", "capo"],
+    # CAPO on with the proposed faster capo.moments_sync._quadratic_terms (see _fast_quadratic_terms)
+    "capo+fastq": ["--method", "capo", "--capo_log_true_kl", "false"],
+}
+
+
+def _fast_quadratic_terms(batch: Any, union: torch.Tensor, delta: torch.Tensor, chunk: int) -> Any:
+    """capo.moments_sync._quadratic_terms with index_select + mul/sum instead of delta[pos] + einsum."""
+    cdt, k, hs = delta.dtype, batch.support_size, batch.hidden_size
+    out = torch.zeros(2, dtype=cdt, device=delta.device)
+    for c0 in range(0, batch.num_tokens, chunk):
+        sl = slice(c0, c0 + chunk)
+        p = batch.support_probs[sl].to(cdt)
+        u = -p
+        u.scatter_add_(1, batch.action_index[sl][:, None], torch.ones_like(p[:, :1]))
+        pos = torch.searchsorted(union, batch.support_ids[sl])
+        rows = torch.index_select(delta, 0, pos.reshape(-1)).view(-1, k, hs)
+        v = rows.mul_(batch.hidden[sl].to(cdt)[:, None, :]).sum(dim=2)
+        uv = (u * v).sum(dim=1)
+        pv = (p * v).sum(dim=1)
+        vfv = (p * (v - pv[:, None]).square()).sum(dim=1) + pv.square() * (1.0 - p.sum(dim=1))
+        adv = batch.advantages[sl].to(cdt)
+        out[0] += (adv * (uv.square() - vfv)).sum()
+        out[1] += uv.square().sum()
+    return out
+
+
+HOOKS = ("_capo_micro_batch", "_capo_step_end", "_capo_true_kl")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.hooks: dict[str, list[float]] = defaultdict(list)
+        self._t0 = 0.0
+        self._hook_step: dict[str, float] = defaultdict(float)
+
+    def step_begin(self) -> None:
+        self._t0 = time.perf_counter()
+        self._hook_step.clear()
+
+    def step_end(self) -> None:
+        self.steps.append(time.perf_counter() - self._t0)
+        for name in HOOKS:
+            self.hooks[name].append(self._hook_step.get(name, 0.0))
+
+    def add(self, name: str, dt: float) -> None:
+        self._hook_step[name] += dt
+
+
+def instrument(rec: Recorder) -> contextlib.ExitStack:
+    """Patch CAPOTrainer: a step-timing callback and timers around the CAPO hooks."""
+    from transformers import TrainerCallback
+
+    import capo.trainer as tr
+
+    stack = contextlib.ExitStack()
+    cls = tr.CAPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            rec.step_begin()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            rec.step_end()
+
+    orig_init = cls.__init__
+
+    def init(self: Any, *a: Any, **kw: Any) -> None:
+        orig_init(self, *a, **kw)
+        self.add_callback(StepTimer())
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                rec.add(name, time.perf_counter() - t0)
+
+        return wrapper
+
+    patches = {"__init__": init, **{h: timed(h, getattr(cls, h)) for h in HOOKS if hasattr(cls, h)}}
+    originals = {name: cls.__dict__[name] for name in patches if name in cls.__dict__}
+    for name, fn in patches.items():
+        setattr(cls, name, fn)
+
+    def restore() -> None:
+        for name in patches:
+            if name in originals:
+                setattr(cls, name, originals[name])
+            else:
+                delattr(cls, name)
+
+    stack.callback(restore)
+    return stack
+
+
+def run_once(method: str, steps: int, seed: int, workdir: Path) -> Recorder:
+    from capo.train import main as train_main
+
+    rec = Recorder()
+    argv = [
+        *METHODS[method],
+        "--max-steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(workdir / method),
+    ]
+    import capo.moments_sync as ms
+
+    orig_q = ms._quadratic_terms
+    if method == "capo+fastq":
+        ms._quadratic_terms = _fast_quadratic_terms
+    try:
+        with instrument(rec), contextlib.redirect_stdout(io.StringIO()):
+            code = train_main(argv)
+    finally:
+        ms._quadratic_terms = orig_q
+    if code != 0:
+        raise RuntimeError(f"capo train {argv} exited with {code}")
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
+    ap.add_argument("--skip", type=int, default=1, help="warm-up steps dropped from the medians")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all methods")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--methods", default="grpo,capo,capo+fastq,capo+kl")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = args.methods.split(",")
+    recs: dict[str, list[Recorder]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for m in methods:
+                print(f"[round {r}] capo train {' '.join(METHODS[m])}", file=sys.stderr, flush=True)
+                recs[m].append(run_once(m, args.steps, seed=r, workdir=Path(tmp)))
+    res: dict[str, dict] = {}
+    for m, rs in recs.items():
+        steps = [t for rec in rs for t in rec.steps[args.skip :]]
+        hooks = {
+            h: [x for rec in rs for x in rec.hooks[h][args.skip :]] for h in HOOKS if rs[0].hooks[h]
+        }
+        capo_s = [
+            sum(hooks[h][i] for h in ("_capo_micro_batch", "_capo_step_end") if h in hooks)
+            for i in range(len(steps))
+        ]
+        res[m] = {
+            "step_s_median": statistics.median(steps),
+            "step_s_all": steps,
+            "capo_hooks_s_median": statistics.median(capo_s),
+            "capo_share_in_run": statistics.median(
+                c / s for c, s in zip(capo_s, steps, strict=True)
+            ),
+            "hooks_s_median": {h: statistics.median(v) for h, v in hooks.items()},
+        }
+    base = res.get("grpo", {}).get("step_s_median")
+    lines = [
+        f"{'method':<9} {'step s (median)':>15} {'vs grpo':>8} {'CAPO hooks s':>13} {'share':>7}"
+    ]
+    for m, r in res.items():
+        rel = f"{100 * (r['step_s_median'] / base - 1):+7.1f}%" if base else "-"
+        lines.append(
+            f"{m:<9} {r['step_s_median']:>15.3f} {rel:>8} {r['capo_hooks_s_median']:>13.4f} "
+            f"{100 * r['capo_share_in_run']:>6.2f}%"
+        )
+        for h, v in r["hooks_s_median"].items():
+            lines.append(f"{'':<9}   {h:<20} {v:.4f} s / step")
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "steps": args.steps,
+            "skip": args.skip,
+            "rounds": args.rounds,
+            "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (args.out / "trainer_overhead.json").write_text(
+            json.dumps({"meta": meta, "results": res}, indent=1)
+        )
+        (args.out / "trainer_overhead.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
