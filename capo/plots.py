@@ -45,6 +45,13 @@ def ema(values: Sequence[float], alpha: float = 0.3) -> list[float]:
     return out
 
 
+def _not_logged(ax: Any) -> None:
+    """Mark an empty panel."""
+    ax.text(
+        0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="#888888"
+    )
+
+
 def _style(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -216,15 +223,7 @@ def curvature(
         if all_ys:
             ax.legend(fontsize=8, ncol=2)
         else:
-            ax.text(
-                0.5,
-                0.5,
-                "not logged",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                color="#888888",
-            )
+            _not_logged(ax)
     for ax, kind in ((axes[1][0], "m_H"), (axes[1][1], "m_F")):
         key = keys.get("global", {}).get(kind)
         xs, ys = series(history, key) if key else ([], [])
@@ -237,15 +236,7 @@ def curvature(
             else:
                 _symlog(ax, ys)
         else:
-            ax.text(
-                0.5,
-                0.5,
-                "not logged",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                color="#888888",
-            )
+            _not_logged(ax)
         _style(ax, "optimizer step", kind, f"global {kind} of the accepted update (batch level)")
     return _save(fig, path, title)
 
