@@ -64,15 +64,19 @@ MOMENTS_FILE = "capo_moments.pt"
 STATE_FILE = "capo_state.json"
 """Checkpoint file of the other CAPO counters."""
 
-_COUNTS = ("completions", "valid", "applied", "rejected", "rej_hessian", "rej_fisher", "nonfinite")
+_HOST_COUNTS = ("completions", "valid")
+"""Counts known on the host without a device sync (tensor sizes)."""
+_DEVICE_COUNTS = ("applied", "rejected", "rej_hessian", "rej_fisher", "nonfinite", "all_rejected")
+"""Data-dependent counts, accumulated on the device and synced once per optimizer step."""
+_COUNTS = _HOST_COUNTS + _DEVICE_COUNTS
 
 
 @dataclass
 class _StepAccumulator:
     """What the micro-batches of one optimizer step leave for the step boundary (this rank only)."""
 
-    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0.0))
-    all_rejected: int = 0
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_HOST_COUNTS, 0.0))
+    device_counts: torch.Tensor | None = None
     lr: float | None = None
     grad_parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     accepted: list[TokenBatch] = field(default_factory=list)
@@ -282,15 +286,24 @@ class CAPOTrainer(GRPOTrainer):
         )
         finite = sel.shifts.token_finite
         applied_flat = sel.keep_flat if args.capo_enabled else finite
-        counts = acc.counts
-        counts["valid"] += float(finite.numel())
-        counts["applied"] += float(applied_flat.sum())
-        counts["rejected"] += float((~sel.keep_flat).sum())
-        counts["rej_hessian"] += float(sel.fail_hessian.sum())
-        counts["rej_fisher"] += float(sel.fail_fisher.sum())
-        counts["nonfinite"] += float((~finite).sum())
-        if finite.numel() and not bool(sel.keep_flat.any()):
-            acc.all_rejected += 1
+        acc.counts["valid"] += float(finite.numel())
+        all_rejected = (
+            ~sel.keep_flat.any() if finite.numel() else torch.zeros_like(finite[:1].any())
+        )
+        micro = torch.stack(
+            [
+                x.sum().double()
+                for x in (
+                    applied_flat,
+                    ~sel.keep_flat,
+                    sel.fail_hessian,
+                    sel.fail_fisher,
+                    ~finite,
+                    all_rejected,
+                )
+            ]
+        )  # in _DEVICE_COUNTS order; no host sync per micro-batch
+        acc.device_counts = micro if acc.device_counts is None else acc.device_counts + micro
         ok = sel.shifts.valid
         acc.m_h.append(sel.shifts.m_H[ok].float())
         acc.m_f.append(sel.shifts.m_F[ok].float())
@@ -325,10 +338,13 @@ class CAPOTrainer(GRPOTrainer):
         """After the optimizer step, on every rank: reduce, update the moments, log (module doc)."""
         acc, self._capo_acc = self._capo_acc, _StepAccumulator()
         dev = self.accelerator.device
-        counts = torch.tensor([acc.counts[k] for k in _COUNTS], dtype=torch.float64, device=dev)
-        extra = torch.tensor([float(acc.all_rejected)], dtype=torch.float64, device=dev)
+        host = torch.tensor([acc.counts[k] for k in _HOST_COUNTS], dtype=torch.float64, device=dev)
+        on_device = acc.device_counts
+        if on_device is None:
+            on_device = torch.zeros(len(_DEVICE_COUNTS), dtype=torch.float64, device=dev)
+        counts = torch.cat([host, on_device.to(dev)])  # one all-reduce for every count
         totals = dict(zip(_COUNTS, self._capo_reduce(counts).tolist(), strict=True))
-        all_rejected = float(self._capo_reduce(extra)[0])
+        all_rejected = totals["all_rejected"]
         self.capo_completions_seen += int(totals["completions"])
         metrics: dict[str, float] = {"capo/completions_seen": float(self.capo_completions_seen)}
         if self._capo_active:
