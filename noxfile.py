@@ -83,4 +83,6 @@ def experiment(session: nox.Session) -> None:
     """Stability reproduction (toy MDPs + tiny LLM, paper §6): report under outputs/stability."""
     install_project(session, "train,dev")
     args = session.posargs or ["--out", "outputs/stability"]
-    session.run("python", "-m", "capo.experiments.stability", *args, env={"OMP_NUM_THREADS": "1"})
+    session.run(
+        "python", "-m", "capo_app.experiments.stability", *args, env={"OMP_NUM_THREADS": "1"}
+    )

@@ -1,6 +1,6 @@
 """The obvious ("naive") torch implementation of the CAPO step, the baseline of the benchmarks.
 
-Written the way the authors' code and a first draft do it (DESIGN.md §2 formulas, no tricks):
+Written the way the authors' code and a first draft do it (docs/design.md §2 formulas, no tricks):
 
 - per-token gradients g_i = A_i u_i ⊗ h_i materialised as one [N, k, H] tensor, and the steps Δ_i as
   another (plus the gathered Adam moments m[S_i], v[S_i], also [N, k, H]);

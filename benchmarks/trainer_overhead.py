@@ -135,7 +135,7 @@ def instrument(rec: Recorder) -> contextlib.ExitStack:
 
 
 def run_once(method: str, steps: int, seed: int, workdir: Path) -> Recorder:
-    from capo.train import main as train_main
+    from capo_app.train import main as train_main
 
     rec = Recorder()
     argv = [

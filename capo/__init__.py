@@ -1,14 +1,15 @@
 """CAPO: Curvature-Aware Policy Optimization (arXiv 2510.00819), sparse and scalable, in torch.
 
 Shapes follow the glossary in :mod:`capo.shapes`. The public API is listed in ``__all__``; it is the
-contract of ``DESIGN.md`` §3.
+contract of ``docs/design.md`` §3.
 """
 
 from __future__ import annotations
 
 from capo.gradients import last_layer_gradient
+from capo.methods import PAPER_THRESHOLDS
 from capo.moments import SparseAdamMoments
-from capo.selection import PAPER_THRESHOLDS, Thresholds, select
+from capo.selection import Thresholds, select
 from capo.shifts import Shifts, directional_shifts
 from capo.steps import AdamStep, SGDStep, StepModel
 from capo.support import Support, support_from_hidden, support_from_logits

@@ -1,4 +1,4 @@
-"""CAPOConfig: GRPOConfig plus the curvature-aware masking options of CAPO (DESIGN.md §2, paper App. J).
+"""CAPOConfig: GRPOConfig plus the curvature-aware masking options of CAPO (docs/design.md §2, paper App. J).
 
 One config covers the six methods of the paper: ``capo_variant`` picks the policy-gradient objective
 (grpo, dr_grpo, reinforce) and ``capo_enabled`` switches curvature-aware masking on (CAPO, Dr.CAPO,

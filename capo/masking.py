@@ -3,7 +3,7 @@
 Shapes: B completions, K = ``logits_to_keep`` completion positions, N valid (unpadded) tokens, H hidden,
 k support size, S subsets.
 
-How the mask reaches TRL's loss without copying it (DESIGN.md §2, "Losses after masking"): TRL's
+How the mask reaches TRL's loss without copying it (docs/design.md §2, "Losses after masking"): TRL's
 GRPO/Dr.GRPO losses are  L = Σ_bt w_bt · ℓ(logp_bt)  with w_bt = mask_bt / (B · n_b) (grpo, n_b the
 valid tokens of completion b) or mask_bt / (B · T_max) (dr_grpo), and ℓ the clipped surrogate of one
 token. Feeding TRL  logp' = logp.detach() + c ⊙ (logp − logp.detach())  leaves every value (ratios,
@@ -13,7 +13,7 @@ clipping decisions, logged metrics) unchanged and multiplies each token's gradie
 - c_bt = keep_bt (dr_grpo),
 
 ∇L = Σ_b (1/B)(1/n_acc_b) Σ_{t accepted} ∇ℓ_bt, resp. (1/(B·T_max)) Σ_{accepted} ∇ℓ_bt: exactly the
-masked losses of DESIGN.md §2 (per-completion mean over accepted tokens; Dr.GRPO's fixed denominator).
+masked losses of docs/design.md §2 (per-completion mean over accepted tokens; Dr.GRPO's fixed denominator).
 Only the reported loss *value* stays the unmasked surrogate's.
 """
 

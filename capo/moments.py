@@ -1,4 +1,4 @@
-"""Sparse, lazily decayed Adam moments of the last-layer model W [V, H] (DESIGN.md §2, "Moments").
+"""Sparse, lazily decayed Adam moments of the last-layer model W [V, H] (docs/design.md §2, "Moments").
 
 Only rows that a gradient ever touched are stored, compactly: a slot map [V] int64 (−1 = never
 touched) and growable tables m, v [R, H] with the step at which each row was last written. A row
@@ -36,7 +36,7 @@ class SparseAdamMoments:
         betas: (β1, β2) of Adam.
         eps: ε of Adam (added outside the square root, as in ``torch.optim.Adam``).
         dtype: storage dtype of m and v. None (the default) stores float32 and promotes the tables
-            (exactly) to float64 the first time a float64 gradient arrives (DESIGN.md §3: float64
+            (exactly) to float64 the first time a float64 gradient arrives (docs/design.md §3: float64
             inputs are computed in float64); an explicit dtype is kept as given.
         device: where the tables live.
     """

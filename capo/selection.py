@@ -14,7 +14,7 @@ import torch
 
 from capo.shifts import Shifts
 
-__all__ = ["PAPER_THRESHOLDS", "Thresholds", "select"]
+__all__ = ["Thresholds", "select"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,6 @@ class Thresholds:
         lo, hi = self.hessian_low, self.hessian_high
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
-
-
-PAPER_THRESHOLDS: dict[str, Thresholds] = {
-    "capo": Thresholds(hessian_low=-1e-2, hessian_high=1e-2, fisher_max=1e-4),
-    "dr_capo": Thresholds(hessian_low=-5e-4, hessian_high=5e-4, fisher_max=1e-3),
-    "rein_capo": Thresholds(hessian_low=-1e-1, hessian_high=1e-1, fisher_max=1e-5),
-}
-"""The paper's thresholds (symmetric Hessian band) for CAPO, Dr.CAPO and ReinCAPO (DESIGN.md §2)."""
 
 
 def select(shifts: Shifts, thresholds: Thresholds) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Step models of the last-layer optimizer: the step Δ = step(g) a gradient would cause (DESIGN.md §2).
+"""Step models of the last-layer optimizer: the step Δ = step(g) a gradient would cause (docs/design.md §2).
 
 A step model maps gradient rows to step rows, row by row, without changing any state:
 

@@ -2,7 +2,7 @@
 
 A :class:`TokenBatch` holds, for N flattened completion tokens, the hidden state h_i [H] that fed the
 output layer, the support S_i (k vocabulary ids), the policy restricted to it π_i [k] (renormalised),
-the position a_i of the sampled token inside S_i, and the advantage A_i (DESIGN.md §2). Everything is
+the position a_i of the sampled token inside S_i, and the advantage A_i (docs/design.md §2). Everything is
 validated on construction; a bad argument raises :class:`ValueError` naming it and its shape.
 
 Non-finite hidden states, advantages or probabilities are *not* an error: such tokens are flagged by

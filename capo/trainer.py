@@ -1,4 +1,4 @@
-"""CAPOTrainer: TRL's GRPOTrainer with curvature-aware token masking (paper §5, Alg. 1; DESIGN.md §2).
+"""CAPOTrainer: TRL's GRPOTrainer with curvature-aware token masking (paper §5, Alg. 1; docs/design.md §2).
 
 Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden methods, narrowest first:
 
@@ -29,10 +29,7 @@ variant's advantage, not the importance-weighted one (exact for on-policy traini
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +37,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from capo import metrics
+from capo.checkpoint import load_capo_state, save_capo_state
 from capo.config import CAPOConfig
 from capo.gradients import last_layer_gradient
 from capo.hidden_capture import (
@@ -53,39 +52,11 @@ from capo.masking import loss_coefficients, select_tokens
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
 from capo.selection import Thresholds
+from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
 from capo.steps import AdamStep, SGDStep, StepModel
-from capo.tokens import TokenBatch
 from capo.true_kl import full_vocab_kl
 
-__all__ = ["MOMENTS_FILE", "STATE_FILE", "CAPOTrainer"]
-
-MOMENTS_FILE = "capo_moments.pt"
-"""Checkpoint file of the sparse Adam moments (``SparseAdamMoments.state_dict()``)."""
-STATE_FILE = "capo_state.json"
-"""Checkpoint file of the other CAPO counters."""
-
-_HOST_COUNTS = ("completions", "valid")
-"""Counts known on the host without a device sync (tensor sizes)."""
-_DEVICE_COUNTS = ("applied", "rejected", "rej_hessian", "rej_fisher", "nonfinite", "all_rejected")
-"""Data-dependent counts, accumulated on the device and synced once per optimizer step."""
-_COUNTS = _HOST_COUNTS + _DEVICE_COUNTS
-
-
-@dataclass
-class _StepAccumulator:
-    """What the micro-batches of one optimizer step leave for the step boundary (this rank only)."""
-
-    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_HOST_COUNTS, 0.0))
-    device_counts: torch.Tensor | None = None
-    lr: float | None = None
-    grad_parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    accepted: list[TokenBatch] = field(default_factory=list)
-    m_h: list[torch.Tensor] = field(default_factory=list)
-    m_f: list[torch.Tensor] = field(default_factory=list)
-    kl_inputs: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(
-        default_factory=list
-    )
-    head_before: tuple[torch.Tensor, torch.Tensor | None] | None = None
+__all__ = ["CAPOTrainer"]
 
 
 class _StepEnd(TrainerCallback):
@@ -97,19 +68,6 @@ class _StepEnd(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """The optimizer has stepped: close the CAPO step."""
         self.trainer._capo_step_end()
-
-
-def _stats(name: str, values: torch.Tensor) -> dict[str, float]:
-    if values.numel() == 0:
-        return {}
-    v = values.double()
-    q = torch.quantile(v, torch.tensor([0.5, 0.99], dtype=torch.float64, device=v.device))
-    return {
-        f"{name}/mean": float(v.mean()),
-        f"{name}/p50": float(q[0]),
-        f"{name}/p99": float(q[1]),
-        f"{name}/max": float(v.max()),
-    }
 
 
 class CAPOTrainer(GRPOTrainer):
@@ -140,7 +98,7 @@ class CAPOTrainer(GRPOTrainer):
         self.capo_completions_seen = 0
         self.capo_record: list[dict[str, torch.Tensor]] | None = None
         self._capo_pending: dict[str, Any] | None = None
-        self._capo_acc = _StepAccumulator()
+        self._capo_acc = StepRecord()
         self._capo_rewards_per_func: torch.Tensor | None = None
         weight, _ = output_layer(self.accelerator.unwrap_model(self.model))
         self._capo_vocab, self._capo_hidden = int(weight.shape[0]), int(weight.shape[1])
@@ -302,7 +260,7 @@ class CAPOTrainer(GRPOTrainer):
                     all_rejected,
                 )
             ]
-        )  # in _DEVICE_COUNTS order; no host sync per micro-batch
+        )  # in DEVICE_COUNTS order; no host sync per micro-batch
         acc.device_counts = micro if acc.device_counts is None else acc.device_counts + micro
         ok = sel.shifts.valid
         acc.m_h.append(sel.shifts.m_H[ok].float())
@@ -336,36 +294,36 @@ class CAPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _capo_step_end(self) -> None:
         """After the optimizer step, on every rank: reduce, update the moments, log (module doc)."""
-        acc, self._capo_acc = self._capo_acc, _StepAccumulator()
+        acc, self._capo_acc = self._capo_acc, StepRecord()
         dev = self.accelerator.device
-        host = torch.tensor([acc.counts[k] for k in _HOST_COUNTS], dtype=torch.float64, device=dev)
+        host = torch.tensor([acc.counts[k] for k in HOST_COUNTS], dtype=torch.float64, device=dev)
         on_device = acc.device_counts
         if on_device is None:
-            on_device = torch.zeros(len(_DEVICE_COUNTS), dtype=torch.float64, device=dev)
+            on_device = torch.zeros(len(DEVICE_COUNTS), dtype=torch.float64, device=dev)
         counts = torch.cat([host, on_device.to(dev)])  # one all-reduce for every count
-        totals = dict(zip(_COUNTS, self._capo_reduce(counts).tolist(), strict=True))
+        totals = dict(zip(COUNTS, self._capo_reduce(counts).tolist(), strict=True))
         all_rejected = totals["all_rejected"]
         self.capo_completions_seen += int(totals["completions"])
-        metrics: dict[str, float] = {"capo/completions_seen": float(self.capo_completions_seen)}
+        logged: dict[str, float] = {metrics.COMPLETIONS_SEEN: float(self.capo_completions_seen)}
         if self._capo_active:
-            metrics.update(self._capo_update(acc, totals, dev))
-            metrics["capo/all_rejected_microbatches"] = all_rejected
+            logged.update(self._capo_update(acc, totals, dev))
+            logged[metrics.ALL_REJECTED_MICROBATCHES] = all_rejected
         if self.args.capo_log_true_kl:
-            metrics["capo/true_kl"] = self._capo_true_kl(acc, dev)
-        for name, value in metrics.items():
+            logged[metrics.TRUE_KL] = self._capo_true_kl(acc, dev)
+        for name, value in logged.items():
             self._metrics["train"][name].append(value)
 
     def _capo_update(
-        self, acc: _StepAccumulator, totals: dict[str, float], dev: torch.device
+        self, acc: StepRecord, totals: dict[str, float], dev: torch.device
     ) -> dict[str, float]:
         """Global accepted gradient -> global shifts, moments update; the step's shift statistics."""
         valid = max(totals["valid"], 1.0)
         out = {
-            "capo/rejection_rate": totals["rejected"] / valid,
-            "capo/rejection_rate_hessian": totals["rej_hessian"] / valid,
-            "capo/rejection_rate_fisher": totals["rej_fisher"] / valid,
-            "capo/nonfinite_tokens": totals["nonfinite"],
-            "capo/accepted_tokens": totals["applied"],
+            metrics.REJECTION_RATE: totals["rejected"] / valid,
+            metrics.REJECTION_RATE_HESSIAN: totals["rej_hessian"] / valid,
+            metrics.REJECTION_RATE_FISHER: totals["rej_fisher"] / valid,
+            metrics.NONFINITE_TOKENS: totals["nonfinite"],
+            metrics.ACCEPTED_TOKENS: totals["applied"],
         }
         ids, rows = merge_rows(acc.grad_parts, self._capo_hidden, self._capo_dtype, dev)
         union, grad_sum = allreduce_sparse_rows(ids, rows, self._capo_vocab, self._capo_reduce)
@@ -376,18 +334,18 @@ class CAPOTrainer(GRPOTrainer):
         m_h, m_f = global_shifts(
             self._capo_step_model(lr), union, grad, acc.accepted, n_acc, self._capo_reduce, chunk
         )
-        out["capo/global_m_H"], out["capo/global_m_F"] = m_h, m_f
+        out[metrics.GLOBAL_M_H], out[metrics.GLOBAL_M_F] = m_h, m_f
         if self.capo_moments is not None:
             self.capo_moments.update(union, grad)
         gather = self.accelerator.gather
         empty = torch.empty(0, device=dev)
         m_h_all = gather_values(torch.cat(acc.m_h) if acc.m_h else empty, gather)
         m_f_all = gather_values(torch.cat(acc.m_f) if acc.m_f else empty, gather)
-        out.update(_stats("capo/m_H", m_h_all))
-        out.update(_stats("capo/m_F", m_f_all))
+        out.update(shift_stats(metrics.M_H, m_h_all))
+        out.update(shift_stats(metrics.M_F, m_f_all))
         return out
 
-    def _capo_true_kl(self, acc: _StepAccumulator, dev: torch.device) -> float:
+    def _capo_true_kl(self, acc: StepRecord, dev: torch.device) -> float:
         """Mean exact KL(π_before || π_after) over the step's completion tokens, all ranks."""
         total = torch.zeros(2, dtype=torch.float64, device=dev)
         if acc.head_before is not None:
@@ -410,34 +368,20 @@ class CAPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        """TRL's checkpoint plus ``capo_moments.pt`` and ``capo_state.json``."""
+        """TRL's checkpoint plus the CAPO state (:mod:`capo.checkpoint`)."""
         super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
-        os.makedirs(output_dir, exist_ok=True)
-        if self.capo_moments is not None:
-            torch.save(self.capo_moments.state_dict(), os.path.join(output_dir, MOMENTS_FILE))
-        with open(os.path.join(output_dir, STATE_FILE), "w") as f:
-            json.dump({"completions_seen": self.capo_completions_seen}, f)
+        save_capo_state(
+            os.path.join(self._get_output_dir(trial=trial), folder),
+            self.capo_moments,
+            self.capo_completions_seen,
+        )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """TRL's resume plus the CAPO moments and counters of the checkpoint."""
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        moments_path = os.path.join(checkpoint, MOMENTS_FILE)
-        if self.capo_moments is not None:
-            if os.path.exists(moments_path):
-                state = torch.load(moments_path, map_location=self.capo_moments.device)
-                self.capo_moments.load_state_dict(state)
-            else:
-                warnings.warn(
-                    f"{checkpoint} has no {MOMENTS_FILE}: the CAPO moments restart from zero",
-                    stacklevel=2,
-                )
-        state_path = os.path.join(checkpoint, STATE_FILE)
-        if os.path.exists(state_path):
-            with open(state_path) as f:
-                self.capo_completions_seen = int(json.load(f)["completions_seen"])
+        if checkpoint is not None:
+            seen = load_capo_state(checkpoint, self.capo_moments)
+            self.capo_completions_seen = self.capo_completions_seen if seen is None else seen

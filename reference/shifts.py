@@ -104,7 +104,7 @@ def accept(
 ) -> NDArray[np.bool_]:
     """Acceptance test (eq 11): hessian_low < m_H < hessian_high and m_F < fisher_max.
 
-    The inequalities are strict (DESIGN.md §2; the paper writes ≤); a bound given as None is not applied.
+    The inequalities are strict (docs/design.md §2; the paper writes ≤); a bound given as None is not applied.
     A NaN shift is never accepted by an applied bound.
 
     Args:

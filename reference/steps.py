@@ -1,7 +1,7 @@
 """Dense step models: what the optimizer would do with a proposed last-layer gradient g [K, d].
 
 Ascent convention: J is maximised, so a step is Δ = +η · (direction). ``propose`` never changes state;
-``DenseAdamState.update`` is the one optimizer step (DESIGN.md §2). Adam moments cover all K rows: a row
+``DenseAdamState.update`` is the one optimizer step (docs/design.md §2). Adam moments cover all K rows: a row
 absent from g gets g = 0, so its moments decay — the sparse lazy-decay table must equal this.
 """
 
@@ -124,7 +124,7 @@ class DenseAdamState:
 
 @dataclass
 class DenseAdamStep:
-    """Adam step model (DESIGN.md §2), proposing from prospective moments without changing them.
+    """Adam step model (docs/design.md §2), proposing from prospective moments without changing them.
 
     Δ = η · (m' / (1 − β1^{t+1})) / (sqrt(v' / (1 − β2^{t+1})) + ε).
 

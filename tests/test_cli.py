@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 import capo
-from capo.cli import main
+from capo_app.cli import main
 
 
 def test_version_is_the_package_version(capsys):
@@ -15,6 +15,6 @@ def test_version_is_the_package_version(capsys):
 
 def test_help_lists_the_program_name():
     out = subprocess.run(
-        [sys.executable, "-m", "capo", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "capo_app", "--help"], capture_output=True, text=True, check=True
     )
     assert "capo" in out.stdout

@@ -199,7 +199,7 @@ def dtype_checks(records: list[dict[str, Any]]) -> list[Check]:
         checks.append(
             Check(
                 claim=f"m_H, m_F from {dt} inputs (accumulated in float32) vs float64",
-                equation="DESIGN §3 / ours",
+                equation="docs/design.md §3 / ours",
                 verdict=HOLDS if tot <= tol else conditional(f"to {fmt(tot)} (> {fmt(tol)})"),
                 worst=(
                     f"total {fmt(tot)} (accumulation {fmt(acc)}, input rounding {fmt(inp)}); "

@@ -195,7 +195,7 @@ def chunk_invariance(quick: bool) -> tuple[list[dict[str, Any]], list[Check]]:
     ok = worst <= EXACT_RTOL and ids_ok
     check = Check(
         claim=f"chunk-size invariance (chunks {chunks} and default): shifts, gradient, top-k support",
-        equation="ours (DESIGN §1 memory bound)",
+        equation="ours (docs/design.md §1 memory bound)",
         verdict=HOLDS if ok else "fails",
         worst=f"max rel change {fmt(worst)}; support ids identical: {ids_ok}",
         must_hold=True,

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from capo.tiny import TinyModelConfig, TinySetup, WarmStartConfig, build_tiny_model
+from capo_app.tiny import TinyModelConfig, TinySetup, WarmStartConfig, build_tiny_model
 
 TEST_SETUP = TinySetup(
     model=TinyModelConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2),

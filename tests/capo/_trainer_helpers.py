@@ -17,8 +17,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOTrainer
 
 from capo.config import CAPOConfig
-from capo.tiny import build_tiny_tokenizer
 from capo.trainer import CAPOTrainer
+from capo_app.tiny import build_tiny_tokenizer
 
 PROMPTS = [f"{a}+{b}=" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1), (2, 3), (4, 5), (6, 7)]]
 

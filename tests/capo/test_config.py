@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from capo.config import CAPOConfig
-from capo.selection import PAPER_THRESHOLDS
+from capo.methods import PAPER_THRESHOLDS
 
 
 def make(**kw: Any) -> CAPOConfig:

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from capo.data import (
+from capo_app.data import (
     PromptFormat,
     boxed_contents,
     last_boxed,

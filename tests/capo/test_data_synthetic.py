@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from capo.data import (
+from capo_app.data import (
     EASY,
     HARD,
     MEDIUM,

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.cli import main
-from capo.data import TINY_CHAT_PROMPT, make_arithmetic_dataset
-from capo.evaluation import (
+from capo_app.cli import main
+from capo_app.data import TINY_CHAT_PROMPT, make_arithmetic_dataset
+from capo_app.evaluation import (
     Benchmark,
     generate_hf,
     generate_vllm,

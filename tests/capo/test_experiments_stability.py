@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from capo.experiments.stability import MICRO, run_experiment
-from capo.experiments.stability_report import write_report
+from capo_app.experiments.stability import MICRO, run_experiment
+from capo_app.experiments.stability_report import write_report
 
 
 @pytest.mark.slow

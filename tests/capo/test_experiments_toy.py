@@ -12,10 +12,10 @@ import torch
 
 import capo
 import toy_mdps
-from capo.experiments import analysis
-from capo.experiments.toy_stability import QUICK, run_experiment
-from capo.experiments.toy_task import TaskSpec, arithmetic_tree
-from capo.experiments.toy_train import TrainSpec, adam_ascent, advantages, cosine_lr, train
+from capo_app.experiments import analysis
+from capo_app.experiments.toy_stability import QUICK, run_experiment
+from capo_app.experiments.toy_task import TaskSpec, arithmetic_tree
+from capo_app.experiments.toy_train import TrainSpec, adam_ascent, advantages, cosine_lr, train
 from tests.tolerances import EXACT_ATOL, EXACT_RTOL, MC_TARGET_RTOL
 
 SMALL = TaskSpec(vocab_size=3, horizon=2, n_prompts=2, n_random=4, seed=5)
@@ -137,7 +137,7 @@ MICRO = replace(
 
 
 def test_micro_experiment_writes_report(tmp_path):
-    from capo.experiments.toy_report import write_report
+    from capo_app.experiments.toy_report import write_report
 
     res = run_experiment(MICRO)
     path = write_report(res, tmp_path)

@@ -80,7 +80,7 @@ def test_load_state_dict_rejects_other_sizes():
 
 
 def test_default_moments_follow_float64_gradients_exactly():
-    """DESIGN.md §3: float64 inputs are computed in float64, so the default tables promote."""
+    """docs/design.md §3: float64 inputs are computed in float64, so the default tables promote."""
     moments = capo.SparseAdamMoments(vocab_size=5, hidden_size=3)
     g = torch.tensor([[1e-9 + 1.0, 2.0, 3.0]], dtype=torch.float64)
     moments.update(torch.tensor([2]), g)

@@ -3,15 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capo.recipe import METHODS, TINY_DEFAULTS
-from capo.selection import PAPER_THRESHOLDS
-from capo.train import main
+from capo.methods import PAPER_THRESHOLDS
+from capo_app.recipe import METHODS, TINY_DEFAULTS
+from capo_app.train import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 PAPER_RECIPES = [p for p in ALL_RECIPES if p.stem != "tiny_capo"]
 AGGRESSIVE = [p for p in PAPER_RECIPES if p.stem != "grpo_conservative"]
-THRESHOLD_KEY = {"capo": "capo", "dr_capo": "dr_capo", "reincapo": "rein_capo"}
+THRESHOLD_KEY = {"capo": "capo", "dr_capo": "dr_capo", "reincapo": "reincapo"}
 
 
 def load(path):

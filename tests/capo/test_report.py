@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from capo import report
-from capo.plots import ema
+from capo_app import report
+from capo_app.plots import ema
 from tests.capo._synthetic_log import TEST_ACCURACY, synthetic_log_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from capo.rewards import (
+from capo_app.rewards import (
     accuracy_reward,
     boxed_format_reward,
     reset_unparseable_gold_counts,
@@ -45,7 +45,7 @@ def test_conversational_and_plain_completions_score_alike():
 
 def test_unparseable_gold_gives_none_warns_once_per_gold_and_counts_every_sample(caplog):
     logged = []
-    with caplog.at_level(logging.WARNING, logger="capo.rewards"):
+    with caplog.at_level(logging.WARNING, logger="capo_app.rewards"):
         rewards = accuracy_reward(
             ["\\boxed{\\frac{}", "\\boxed{1}", "\\boxed{2}", "\\boxed{2}"],
             ["\\frac{", "\\frac{", "", "2"],

@@ -10,7 +10,7 @@ from tests.tolerances import EXACT_ATOL, EXACT_RTOL
 
 @pytest.mark.parametrize("n_updates", [0, 4])
 def test_adam_step_rows_equal_dense_adam_step(n_updates):
-    """Δ = η m̂/(√v̂ + ε) with prospective moments and bias correction at t + 1 (DESIGN.md §2)."""
+    """Δ = η m̂/(√v̂ + ε) with prospective moments and bias correction at t + 1 (docs/design.md §2)."""
     V, H = 8, 3
     sparse, dense = adam_pair(0, V, H, n_updates)
     g = torch.randn(V, H, dtype=torch.float64)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from capo.data import HARD, TINY_CHAT_PROMPT, make_arithmetic_dataset
-from capo.tiny import (
+from capo_app.data import HARD, TINY_CHAT_PROMPT, make_arithmetic_dataset
+from capo_app.tiny import (
     TinyModelConfig,
     TinySetup,
     build_tiny_model,

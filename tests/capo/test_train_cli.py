@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capo.cli import main as capo_main
 from capo.config import CAPO_VARIANTS
-from capo.recipe import METHODS, TINY_DEFAULTS, check_method, parse_recipe
-from capo.selection import PAPER_THRESHOLDS
-from capo.train import main
+from capo.methods import PAPER_THRESHOLDS
+from capo_app.cli import main as capo_main
+from capo_app.recipe import METHODS, TINY_DEFAULTS, check_method, parse_recipe
+from capo_app.train import main
 
 # method -> (variant, masking on, key of the paper's thresholds)
 EXPECTED = {
@@ -19,7 +19,7 @@ EXPECTED = {
     "dr_grpo": ("dr_grpo", False, None),
     "dr_capo": ("dr_grpo", True, "dr_capo"),
     "reinforce": ("reinforce", False, None),
-    "reincapo": ("reinforce", True, "rein_capo"),
+    "reincapo": ("reinforce", True, "reincapo"),
 }
 
 
@@ -91,7 +91,7 @@ def test_capo_help_lists_train_and_train_help_exits_cleanly(capsys):
     assert capo_main(["train", "--help"]) == 0
     assert "--dry-run" in capsys.readouterr().out
     out = subprocess.run(
-        [sys.executable, "-m", "capo", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "capo_app", "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in out.stdout and "eval" in out.stdout
 

@@ -2,7 +2,7 @@
 
 The expected values are computed independently here: the model's own full logits (output_hidden_states,
 lm_head), :func:`capo.support_from_logits`, :func:`capo.directional_shifts`, :func:`capo.select`, and a
-masked surrogate loss written out by hand (DESIGN.md §2). Gradients are compared at float32 tolerance:
+masked surrogate loss written out by hand (docs/design.md §2). Gradients are compared at float32 tolerance:
 TRL's fused LM-head kernel computes log-probabilities in float32 even for a float64 model; masks and
 shifts are compared exactly.
 """
@@ -72,7 +72,7 @@ def assert_grad_close(got, expected, name):
 
 
 def hand_masked_loss(logps, keep, valid, adv, variant, max_len):
-    """DESIGN.md §2 on-policy surrogate: −A·ratio, mean over accepted tokens per completion."""
+    """docs/design.md §2 on-policy surrogate: −A·ratio, mean over accepted tokens per completion."""
     per_token = -adv[:, None] * torch.exp(logps - logps.detach())
     keep = keep.to(logps.dtype)
     if variant == "dr_grpo":

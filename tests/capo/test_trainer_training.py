@@ -13,7 +13,7 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from capo.trainer import MOMENTS_FILE
+from capo.checkpoint import MOMENTS_FILE
 from tests.capo import _trainer_helpers as H
 from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 

@@ -1,4 +1,4 @@
-"""Dense SGD and Adam step models (DESIGN.md §2)."""
+"""Dense SGD and Adam step models (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_autodiff_route_detects_a_wrong_step() -> None:
 
 
 def test_float32_and_bf16_inputs_stay_within_their_tolerances() -> None:
-    """DESIGN §3: lower precisions accumulate in float32; bf16 error comes from input rounding."""
+    """docs/design.md §3: lower precisions accumulate in float32; bf16 error comes from input rounding."""
     recs = agreement.dtype_agreement([POINT])
     for r in recs:
         tol = FLOAT32_RTOL if r["dtype"] == "float32" else BF16_RTOL

@@ -1,0 +1,35 @@
+"""Names of the ``capo/*`` metrics the trainer appends to TRL's metric stream, one per optimizer step.
+
+The one source of truth for these strings: the trainer writes them, the CLI's summary, reports and plots read
+them. Shift statistics (m_H, m_F over the step's valid tokens) are logged as ``{M_H}/{stat}`` for each stat
+in :data:`SHIFT_STATS`.
+"""
+
+from __future__ import annotations
+
+COMPLETIONS_SEEN = "capo/completions_seen"
+"""Completions trained on so far (all ranks)."""
+REJECTION_RATE = "capo/rejection_rate"
+"""Fraction of the step's valid tokens that the acceptance test (eq 11) rejected."""
+REJECTION_RATE_HESSIAN = "capo/rejection_rate_hessian"
+"""Fraction rejected by the Hessian band (m_H outside (hessian_low, hessian_high))."""
+REJECTION_RATE_FISHER = "capo/rejection_rate_fisher"
+"""Fraction rejected by the Fisher bound (m_F >= fisher_max)."""
+NONFINITE_TOKENS = "capo/nonfinite_tokens"
+"""Tokens with a non-finite hidden state, advantage or shift (always rejected)."""
+ACCEPTED_TOKENS = "capo/accepted_tokens"
+"""Tokens whose gradient the step applied."""
+ALL_REJECTED_MICROBATCHES = "capo/all_rejected_microbatches"
+"""Micro-batches in which every token was rejected."""
+GLOBAL_M_H = "capo/global_m_H"
+"""m_H of the whole accepted batch (eq 10 with b = all accepted tokens)."""
+GLOBAL_M_F = "capo/global_m_F"
+"""m_F of the whole accepted batch (eq 10 with b = all accepted tokens)."""
+M_H = "capo/m_H"
+"""Prefix of the per-token m_H statistics."""
+M_F = "capo/m_F"
+"""Prefix of the per-token m_F statistics."""
+SHIFT_STATS = ("mean", "p50", "p99", "max")
+"""Statistics logged for :data:`M_H` and :data:`M_F`."""
+TRUE_KL = "capo/true_kl"
+"""Measured mean KL(π_before || π_after) of the step over its completion tokens (``capo_log_true_kl``)."""

@@ -1,0 +1,224 @@
+r"""Load a math dataset (hub name or local JSON/JSONL/Parquet/CSV file) into the synthetic task's columns.
+
+The result always has ``prompt``, ``question``, ``answer`` (gold, str) and ``solution`` (str, empty when the
+source has none). The gold answer comes from an answer column when there is one, otherwise from the last
+``\boxed{}`` of the solution column (as in MATH). Hub names and local files take the same path; the only
+difference is the arguments given to ``datasets.load_dataset`` (see :func:`load_dataset_arguments`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+
+from capo_app.data.boxed import last_boxed
+from capo_app.data.prompts import MATH_PROMPT, PromptFormat
+
+#: The paper trains on the MATH training set (7,500 problems). This mirror has ``problem`` and ``solution``
+#: columns (gold = last ``\boxed{}`` of the solution) in a single ``default`` config. Not downloaded here.
+DEFAULT_MATH_DATASET = "DigitalLearningGmbH/MATH-lighteval"
+
+QUESTION_COLUMNS = ("problem", "question", "Question", "query", "input")
+ANSWER_COLUMNS = ("answer", "final_answer", "Answer", "gold", "target")
+SOLUTION_COLUMNS = ("solution", "Solution", "reasoning")
+
+AnswerFormat = Literal["auto", "plain", "boxed", "gsm8k"]
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_GSM8K_MARK = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+
+
+def load_dataset_arguments(
+    name_or_path: str | Path, split: str, config_name: str | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Return ``(args, kwargs)`` for ``datasets.load_dataset``: a local file or folder, else a hub name.
+
+    Args:
+        name_or_path: A local ``.json``/``.jsonl``/``.parquet``/``.csv`` file, a local dataset folder, or a hub
+            dataset id.
+        split: The split to load; a single local file is exposed under this split name.
+        config_name: Hub configuration name (ignored for local files).
+
+    Returns:
+        The positional and keyword arguments.
+
+    Raises:
+        ValueError: If a local file has an unsupported suffix.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(
+                f"unsupported file type {path.suffix!r} for {path}; use one of {sorted(_FILE_BUILDERS)}"
+            )
+        return (builder,), {"data_files": {split: str(path)}, "split": split}
+    if path.is_dir():
+        return (str(path),), {"split": split}
+    args: tuple[Any, ...] = (
+        (str(name_or_path),) if config_name is None else (str(name_or_path), config_name)
+    )
+    return args, {"split": split}
+
+
+def _pick(
+    columns: Sequence[str], requested: str | None, candidates: Sequence[str], role: str
+) -> str | None:
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(
+                f"{role} column {requested!r} not found; the dataset has columns {list(columns)}"
+            )
+        return requested
+    return next((c for c in candidates if c in columns), None)
+
+
+def gold_from_answer(value: Any, answer_format: AnswerFormat = "auto") -> str:
+    r"""Normalise one gold answer cell to a string.
+
+    Args:
+        value: The cell: a string, a number, or a list (its first element is used, as in OlympiadBench).
+        answer_format: ``"plain"`` keeps the text; ``"boxed"`` takes the last ``\boxed{}``; ``"gsm8k"`` takes
+            the text after ``####``; ``"auto"`` does ``"boxed"`` when the text has a box, ``"gsm8k"`` when it
+            has ``####``, else ``"plain"``.
+
+    Returns:
+        The gold answer text; empty when nothing can be extracted (the reward then skips the sample).
+    """
+    if isinstance(value, list | tuple):
+        value = value[0] if value else ""
+    text = "" if value is None else str(value).strip()
+    if answer_format in ("boxed", "auto"):
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed
+        if answer_format == "boxed":
+            return ""
+    if answer_format in ("gsm8k", "auto"):
+        match = _GSM8K_MARK.search(text)
+        if match is not None:
+            return match.group(1).replace(",", "").strip()
+        if answer_format == "gsm8k":
+            return ""
+    if text.startswith("$") and text.endswith("$") and len(text) > 1:
+        text = text.strip("$").strip()
+    return text
+
+
+def standardize_math_dataset(
+    dataset: datasets.Dataset,
+    *,
+    question_column: str | None = None,
+    answer_column: str | None = None,
+    solution_column: str | None = None,
+    answer_format: AnswerFormat = "auto",
+    prompt_format: PromptFormat = MATH_PROMPT,
+    keep_columns: Sequence[str] = (),
+) -> datasets.Dataset:
+    r"""Map any question/answer dataset to the columns ``prompt``, ``question``, ``answer``, ``solution``.
+
+    Args:
+        dataset: The raw dataset.
+        question_column: Column holding the problem text (default: the first of :data:`QUESTION_COLUMNS`).
+        answer_column: Column holding the gold answer (default: the first of :data:`ANSWER_COLUMNS`, if any).
+        solution_column: Column holding a worked solution (default: the first of :data:`SOLUTION_COLUMNS`).
+            Without an answer column the gold is the last ``\boxed{}`` of this column.
+        answer_format: How to read the answer column (see :func:`gold_from_answer`).
+        prompt_format: How questions become prompts.
+        keep_columns: Extra source columns to keep (e.g. ``"level"``, ``"type"``).
+
+    Returns:
+        The standardised dataset.
+
+    Raises:
+        ValueError: If the question column, or both the answer and the solution column, are missing.
+    """
+    columns = list(dataset.column_names)
+    question_col = _pick(columns, question_column, QUESTION_COLUMNS, "question")
+    answer_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer")
+    solution_col = _pick(columns, solution_column, SOLUTION_COLUMNS, "solution")
+    if question_col is None:
+        raise ValueError(
+            f"no question column: pass question_column=...; looked for {list(QUESTION_COLUMNS)} in {columns}"
+        )
+    if answer_col is None and solution_col is None:
+        raise ValueError(
+            "no answer or solution column: pass answer_column=... or solution_column=...; looked for "
+            f"{list(ANSWER_COLUMNS)} and {list(SOLUTION_COLUMNS)} in {columns}"
+        )
+    missing = [c for c in keep_columns if c not in columns]
+    if missing:
+        raise ValueError(f"keep_columns {missing} not found; the dataset has columns {columns}")
+
+    def convert(example: dict[str, Any]) -> dict[str, Any]:
+        question = str(example[question_col]).strip()
+        solution = "" if solution_col is None else str(example[solution_col] or "")
+        if answer_col is not None:
+            answer = gold_from_answer(example[answer_col], answer_format)
+        else:
+            answer = last_boxed(solution) or ""
+        return {
+            "prompt": prompt_format.render(question),
+            "question": question,
+            "answer": answer,
+            "solution": solution,
+        }
+
+    reserved = {"prompt", "question", "answer", "solution"}
+    drop = [c for c in columns if c not in keep_columns or c in reserved]
+    return dataset.map(convert, remove_columns=drop, desc="standardising math dataset")
+
+
+def load_math_dataset(
+    name_or_path: str | Path = DEFAULT_MATH_DATASET,
+    split: str = "train",
+    *,
+    config_name: str | None = None,
+    question_column: str | None = None,
+    answer_column: str | None = None,
+    solution_column: str | None = None,
+    answer_format: AnswerFormat = "auto",
+    prompt_format: PromptFormat = MATH_PROMPT,
+    keep_columns: Sequence[str] = (),
+    limit: int | None = None,
+) -> datasets.Dataset:
+    r"""Load a math dataset by hub name or from a local file, with the synthetic task's columns.
+
+    The default is the MATH training set (:data:`DEFAULT_MATH_DATASET`), as in the paper; the gold answer is the
+    last ``\boxed{}`` of its ``solution``. Local ``.json``, ``.jsonl``, ``.parquet`` and ``.csv`` files work the
+    same way (see :func:`load_dataset_arguments`).
+
+    Args:
+        name_or_path: Hub dataset id, local file, or local dataset folder.
+        split: Split to load.
+        config_name: Hub configuration (e.g. ``"main"`` for GSM8K).
+        question_column: See :func:`standardize_math_dataset`.
+        answer_column: See :func:`standardize_math_dataset`.
+        solution_column: See :func:`standardize_math_dataset`.
+        answer_format: See :func:`gold_from_answer`.
+        prompt_format: How questions become prompts (default: a user message with the boxed instruction).
+        keep_columns: Extra source columns to keep.
+        limit: Keep only the first ``limit`` rows.
+
+    Returns:
+        A dataset with columns ``prompt``, ``question``, ``answer``, ``solution`` (plus ``keep_columns``).
+    """
+    args, kwargs = load_dataset_arguments(name_or_path, split, config_name)
+    raw = datasets.load_dataset(*args, **kwargs)
+    if not isinstance(raw, datasets.Dataset):
+        raise TypeError(f"expected a Dataset for split {split!r}, got {type(raw).__name__}")
+    if limit is not None:
+        raw = raw.select(range(min(limit, len(raw))))
+    return standardize_math_dataset(
+        raw,
+        question_column=question_column,
+        answer_column=answer_column,
+        solution_column=solution_column,
+        answer_format=answer_format,
+        prompt_format=prompt_format,
+        keep_columns=keep_columns,
+    )

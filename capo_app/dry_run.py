@@ -1,0 +1,285 @@
+"""``capo train --dry-run``: validate a recipe end to end on a tiny stand-in model, download nothing.
+
+Steps: resolve the recipe (YAML + command line) and build ``CAPOConfig`` twice, as written and with CPU-safe
+overrides (no bf16, no vLLM, no reporting, a temporary output folder); check the batch arithmetic against the
+recipe's declared ``completions_per_step`` on ``expected_num_processes`` GPUs; build a stand-in model of the same
+architecture family (from the model's config if it is on disk, else guessed from its name) with the offline tiny
+tokenizer, a few synthetic prompts, the reward functions, and construct ``CAPOTrainer``. Prints one paragraph on
+what the real run would do and returns 0, or prints the problems and returns 1.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from capo_app.recipe import (
+    EMBEDDED_TINY,
+    SYNTHETIC,
+    build_dataclasses,
+    effective_method,
+    resolve_values,
+)
+
+#: Settings swapped in for the stand-in trainer (CPU, no optional backends); the report uses the real ones.
+CPU_OVERRIDES: dict[str, Any] = {
+    "bf16": False,
+    "fp16": False,
+    "use_vllm": False,
+    "report_to": "none",
+    "push_to_hub": False,
+    "model_init_kwargs": None,
+    "torch_compile": False,
+    "deepspeed": None,
+    "dry_run": True,
+}
+
+_FAMILIES = (
+    ("qwen3", "qwen3"),
+    ("qwen", "qwen2"),
+    ("llama", "llama"),
+    ("mistral", "mistral"),
+    ("gemma", "gemma2"),
+)
+
+
+def real_model_config(name_or_path: str) -> Any | None:
+    """The model's ``PretrainedConfig`` if it is available offline (a local folder or the HF cache), else None."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def model_family(name_or_path: str, config: Any | None) -> tuple[str, str]:
+    """Return ``(model_type, how it was found)`` for the stand-in: the config's, else guessed from the name."""
+    if config is not None and getattr(config, "model_type", None):
+        return str(config.model_type), "from its config on disk"
+    lowered = name_or_path.lower()
+    for needle, family in _FAMILIES:
+        if needle in lowered:
+            return family, "guessed from the name"
+    return "qwen2", "assumed (unknown name)"
+
+
+def stand_in_model(model_type: str, tokenizer: Any, max_positions: int) -> tuple[Any, str]:
+    """A 2-layer, 64-wide model of ``model_type`` on the tiny tokenizer's vocabulary (Qwen2 if that fails)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from capo_app.tiny import TinyModelConfig, init_tiny_model
+
+    try:
+        config = AutoConfig.for_model(
+            model_type,
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        )
+        model = AutoModelForCausalLM.from_config(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        return model, model_type
+    except (ValueError, KeyError, TypeError, ImportError):
+        size = TinyModelConfig(
+            hidden_size=64, intermediate_size=128, max_position_embeddings=max_positions
+        )
+        return init_tiny_model(tokenizer, size), "qwen2"
+
+
+def batch_arithmetic(values: dict[str, Any]) -> tuple[dict[str, int], list[str], list[str]]:
+    """Completions per optimizer step on the recipe's ``expected_num_processes``, and the problems found.
+
+    Args:
+        values: The resolved recipe fields.
+
+    Returns:
+        ``(numbers, errors, notes)`` with numbers ``processes``, ``completions_per_step``, ``prompts_per_step``,
+        ``generation_batch_size``, ``steps_per_generation``.
+    """
+    n = int(values.get("expected_num_processes") or 1)
+    per_device = int(values["per_device_train_batch_size"])
+    accumulation = int(values["gradient_accumulation_steps"])
+    group = int(values.get("num_generations") or 8)
+    per_step = per_device * n * accumulation
+    errors: list[str] = []
+    notes: list[str] = []
+    global_micro = per_device * n
+    generation = values.get("generation_batch_size")
+    steps_per_generation = values.get("steps_per_generation")
+    if generation is None:
+        steps_per_generation = int(steps_per_generation or accumulation)
+        generation = global_micro * steps_per_generation
+    else:
+        generation = int(generation)
+        if generation % global_micro:
+            errors.append(
+                f"generation_batch_size {generation} is not a multiple of {per_device} x {n} processes"
+            )
+        steps_per_generation = max(1, generation // global_micro)
+    if generation % group:
+        errors.append(
+            f"generation_batch_size {generation} is not a multiple of num_generations {group}"
+        )
+    if per_step % group:
+        errors.append(
+            f"{per_step} completions per step is not a multiple of num_generations {group}"
+        )
+    declared = values.get("completions_per_step")
+    if declared is not None and int(declared) != per_step:
+        errors.append(
+            f"the recipe declares {declared} completions per step but per_device_train_batch_size {per_device} x "
+            f"{n} processes x gradient_accumulation_steps {accumulation} = {per_step}"
+        )
+    if steps_per_generation != accumulation:
+        notes.append(
+            f"one generation round of {generation} completions spans {steps_per_generation / accumulation:g} "
+            "optimizer steps (generation_batch_size differs from the completions per step)"
+        )
+    numbers = {
+        "processes": n,
+        "completions_per_step": per_step,
+        "prompts_per_step": per_step // group if group else 0,
+        "generation_batch_size": generation,
+        "steps_per_generation": steps_per_generation,
+    }
+    return numbers, errors, notes
+
+
+def _generation_backend(values: dict[str, Any]) -> str:
+    if not values.get("use_vllm"):
+        return "HF generate inside each training process"
+    if values.get("vllm_mode") == "server":
+        return (
+            f"a vLLM server at {values.get('vllm_server_base_url') or values.get('vllm_server_host')}:"
+            f"{values.get('vllm_server_port')} (start it with `trl vllm-serve --model {values['model_name_or_path']}`)"
+        )
+    return f"vLLM colocated on the training GPUs (gpu_memory_utilization {values.get('vllm_gpu_memory_utilization')})"
+
+
+def _thresholds(values: dict[str, Any]) -> str:
+    if not values.get("capo_enabled"):
+        return "no curvature-aware masking (baseline)"
+    return (
+        f"{values.get('capo_granularity')}-level masking keeping m_H in ({values.get('hessian_low')}, "
+        f"{values.get('hessian_high')}) and m_F < {values.get('fisher_max')}, {values.get('capo_step_model')} step "
+        f"model, top-{values.get('capo_support_size')} support"
+    )
+
+
+def dry_run(argv: Sequence[str]) -> int:
+    """Validate the recipe given by ``argv`` (the arguments after ``capo train``); see the module docstring.
+
+    Args:
+        argv: Command-line arguments (``--config``, overrides, ``--dry-run``).
+
+    Returns:
+        0 if the recipe is valid, 1 otherwise.
+    """
+    from capo.trainer import CAPOTrainer
+    from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_math_dataset, make_arithmetic_dataset
+    from capo_app.tiny import build_tiny_tokenizer
+    from capo_app.train import reward_functions, tiny_setup
+
+    values = resolve_values(argv)
+    numbers, errors, notes = batch_arithmetic(values)
+    model_name = str(values["model_name_or_path"])
+    dataset_name = str(values["dataset_name"])
+    with tempfile.TemporaryDirectory(prefix="capo-dry-run-") as tmp:
+        try:
+            script_args, config = build_dataclasses({**values, **CPU_OVERRIDES, "output_dir": tmp})
+        except ValueError as error:
+            print(f"capo train --dry-run: invalid configuration: {error}")
+            return 1
+        rewards = reward_functions(script_args.reward_funcs)
+        if script_args.model_name_or_path == EMBEDDED_TINY:
+            tiny_setup(script_args, config)  # validates the synthetic task preset
+        real_config = None if model_name == EMBEDDED_TINY else real_model_config(model_name)
+        looks_local = model_name.startswith((".", "/", "~")) or Path(model_name).exists()
+        if looks_local and real_config is None:
+            errors.append(f"model folder {model_name} has no readable config.json")
+        family, found = (
+            ("qwen2", "embedded")
+            if model_name == EMBEDDED_TINY
+            else model_family(model_name, real_config)
+        )
+        max_completion = int(values.get("max_completion_length") or 256)
+        max_prompt = int(values.get("max_prompt_length") or 512)
+        real_positions = getattr(real_config, "max_position_embeddings", None)
+        if real_positions is not None and max_prompt + max_completion > int(real_positions):
+            errors.append(
+                f"prompt {max_prompt} + completion {max_completion} exceeds the model's {real_positions}"
+            )
+        tokenizer = build_tiny_tokenizer(model_max_length=max_prompt + max_completion)
+        model, family = stand_in_model(family, tokenizer, max_prompt + max_completion)
+        dataset_note = "the synthetic arithmetic task"
+        if dataset_name != SYNTHETIC:
+            if Path(dataset_name).exists():
+                sample = load_math_dataset(dataset_name, script_args.dataset_train_split, limit=4)
+                dataset_note = (
+                    f"local file {dataset_name} (columns check out on {len(sample)} rows)"
+                )
+            else:
+                dataset_note = (
+                    f"{dataset_name} [{script_args.dataset_train_split}] from the Hugging Face Hub"
+                )
+        fmt = (
+            TINY_PROMPT
+            if model_name == EMBEDDED_TINY and dataset_name == SYNTHETIC
+            else MATH_PROMPT
+        )
+        samples = make_arithmetic_dataset(16, "train", seed=0, prompt_format=fmt)
+        trainer = CAPOTrainer(
+            model=model,
+            reward_funcs=rewards,
+            args=config,
+            train_dataset=samples,
+            processing_class=tokenizer,
+        )
+        built = type(trainer).__name__
+        steps = int(values.get("max_steps") or -1)
+        warmup = config.get_warmup_steps(steps) if steps > 0 else 0
+    method = effective_method(config).label
+    steps_text = f"{steps} optimizer steps" if steps > 0 else "one epoch"
+    total = (
+        f" ({steps * numbers['completions_per_step']:,} completions in all)" if steps > 0 else ""
+    )
+    paragraph = (
+        f"Dry run OK: {built} was built on a 2-layer {family} stand-in model with the offline tiny tokenizer and "
+        f"16 synthetic prompts; nothing was downloaded. The real run trains {method} "
+        f"({values.get('capo_variant')} objective; {_thresholds(values)}) on {model_name} ({family}, "
+        f"{found}) with {dataset_note}, on {numbers['processes']} GPU process(es): "
+        f"{values['per_device_train_batch_size']} per device x {numbers['processes']} x "
+        f"{values['gradient_accumulation_steps']} accumulation = {numbers['completions_per_step']} completions "
+        f"({numbers['prompts_per_step']} prompts x G {values.get('num_generations')}) per optimizer step, "
+        f"{steps_text}{total}; lr {values['learning_rate']:g} with a {values.get('lr_scheduler_type')} schedule "
+        f"and {warmup} warm-up step(s), beta {values.get('beta')}, temperature {values.get('temperature')}, "
+        f"prompts up to {max_prompt} and completions up to {max_completion} tokens, "
+        f"{'bf16' if values.get('bf16') else 'fp32'}; generation by {_generation_backend(values)}; "
+        f"output in {values.get('output_dir')}."
+    )
+    print(paragraph)
+    n = numbers["processes"]
+    launcher = "zero2.yaml" if n > 1 else "(none: single process)"
+    print(f"Launch: accelerate launch --config_file recipes/accelerate/{launcher} --num_processes {n} -m capo_app train "
+          f"{' '.join(a for a in argv if a not in ('--dry-run', '--dry_run'))}" if n > 1 else
+          f"Launch: capo train {' '.join(a for a in argv if a not in ('--dry-run', '--dry_run'))}")  # fmt: skip
+    for note in notes:
+        print(f"note: {note}")
+    if errors:
+        for problem in errors:
+            print(f"error: {problem}")
+        return 1
+    return 0

@@ -1,0 +1,338 @@
+"""Recipes for ``capo train``: script arguments, the six method shortcuts, and layered parsing.
+
+A recipe is a TrlParser-style YAML mapping whose keys are fields of :class:`ScriptArguments` (what to train on)
+and of ``CAPOConfig`` (how: every ``GRPOConfig`` / ``TrainingArguments`` field plus the CAPO fields). Values are
+resolved in layers, later layers winning::
+
+    CAPOConfig defaults  <  embedded tiny default (only without --config)  <  method preset  <  YAML  <  CLI
+
+where a ``--method`` given on the command line moves its preset above the YAML (``--config recipes/capo.yaml
+--method grpo`` trains GRPO), while a ``method:`` key inside the YAML sits below the YAML's other keys (a recipe
+may name a method and still override a threshold). No code is executed from a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import yaml
+
+from capo.methods import METHODS as REGISTRY
+from capo.methods import Method, method_of, normalize_method
+
+if TYPE_CHECKING:
+    from capo.config import CAPOConfig
+
+EMBEDDED_TINY = "embedded-tiny"
+SYNTHETIC = "synthetic"
+
+
+def preset(method: Method) -> dict[str, Any]:
+    """The ``CAPOConfig`` fields a method shortcut sets: variant, masking switch and the paper's thresholds."""
+    out: dict[str, Any] = {"capo_variant": method.variant, "capo_enabled": method.masking}
+    if method.thresholds is not None:
+        t = method.thresholds
+        out.update(hessian_low=t.hessian_low, hessian_high=t.hessian_high, fisher_max=t.fisher_max)
+    return out
+
+
+#: The six methods of the paper as presets of one trainer (from the registry :data:`capo.methods.METHODS`).
+METHODS: dict[str, dict[str, Any]] = {key: preset(m) for key, m in REGISTRY.items()}
+
+
+#: ``capo train`` with no arguments: CAPO on the embedded tiny Qwen2 model and the synthetic arithmetic task, an
+#: aggressive-style regime (large lr, small batch, cosine, 10% warm-up, β = 0) scaled to the tiny model so that
+#: it finishes in a few minutes on two CPU cores. ``recipes/tiny_capo.yaml`` is the same recipe as a file.
+TINY_DEFAULTS: dict[str, Any] = {
+    "method": "capo",
+    "model_name_or_path": EMBEDDED_TINY,
+    "dataset_name": SYNTHETIC,
+    "output_dir": "outputs/capo-tiny",
+    "max_steps": 50,
+    "learning_rate": 1e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 64,
+    "gradient_accumulation_steps": 1,
+    "num_generations": 8,
+    "max_completion_length": 40,
+    "temperature": 0.9,
+    "beta": 0.0,
+    "capo_support_size": 16,
+    "capo_log_true_kl": True,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": "none",
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "dataloader_pin_memory": False,
+    "seed": 0,
+    "eval_every": 10,
+    "cpu_threads": 1,
+}
+
+
+@dataclass
+class ScriptArguments:
+    """What ``capo train`` trains on; the rest of a recipe is ``CAPOConfig``.
+
+    Attributes:
+        method: Shortcut for the variant, masking switch and the paper's thresholds.
+        model_name_or_path: Hub id, local folder, or ``embedded-tiny``.
+        tiny_cache_dir: Cache of the warm-started tiny model.
+        warm_start_steps: Supervised warm-start steps of the tiny model.
+        dataset_name: ``synthetic``, a hub dataset id, or a local JSON/JSONL/Parquet/CSV file or folder.
+        dataset_config: Hub configuration name.
+        dataset_train_split: Training split.
+        dataset_test_split: Held-out split for the accuracy before/after.
+        synthetic_task: Difficulty preset of the synthetic task.
+        num_train_problems: Synthetic training problems, or a limit on a real training split.
+        num_test_problems: Held-out problems for the accuracy evaluation.
+        max_prompt_length: Drop training prompts longer than this many tokens.
+        reward_funcs: Reward functions by name.
+        eval_accuracy: Measure held-out accuracy before and after training.
+        eval_every: Also measure it every this many optimizer steps (0: never).
+        eval_max_new_tokens: Completion length of the evaluation.
+        expected_num_processes: Processes (GPUs) the recipe is written for.
+        completions_per_step: The completions per optimizer step the recipe declares.
+        plots: Write PNG plots.
+        cpu_threads: torch intra-op threads on CPU.
+        dry_run: Validate the recipe on a tiny stand-in model, then exit.
+    """
+
+    method: str | None = field(
+        default=None,
+        metadata={
+            "help": "Shortcut: grpo, capo, dr_grpo, dr_capo, reinforce or reincapo (sets capo_variant, "
+            "capo_enabled and the paper's thresholds)."
+        },
+    )
+    model_name_or_path: str = field(
+        default=EMBEDDED_TINY,
+        metadata={
+            "help": "Hub id or local folder of the policy; 'embedded-tiny' builds the offline tiny Qwen2."
+        },
+    )
+    tiny_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the warm-started tiny model is cached (default: $CAPO_CACHE or ~/.cache/capo)."
+        },
+    )
+    warm_start_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Supervised warm-start steps of the tiny model (default: capo_app.tiny's)."
+        },
+    )
+    dataset_name: str = field(
+        default=SYNTHETIC,
+        metadata={
+            "help": "'synthetic', a hub dataset id (e.g. MATH), or a local JSON/JSONL/Parquet/CSV file."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Held-out split for the accuracy."}
+    )
+    synthetic_task: str = field(
+        default="easy", metadata={"help": "Synthetic task difficulty: easy, medium or hard."}
+    )
+    num_train_problems: int | None = field(
+        default=2000,
+        metadata={
+            "help": "Synthetic training problems, or the first N rows of a real split (None: all)."
+        },
+    )
+    num_test_problems: int = field(
+        default=200, metadata={"help": "Held-out problems for the accuracy."}
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Drop training prompts longer than this many tokens (TRL 1.16 has no such option)."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": "Reward functions by name: accuracy (math-verify), boxed_format."},
+    )
+    eval_accuracy: bool = field(
+        default=True,
+        metadata={"help": "Measure greedy pass@1 on held-out problems before and after training."},
+    )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Also measure it every N optimizer steps (0: only before/after)."},
+    )
+    eval_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Evaluation completion length (default: max_completion_length)."},
+    )
+    expected_num_processes: int = field(
+        default=1,
+        metadata={"help": "Processes (GPUs) the recipe is written for; checked by --dry-run."},
+    )
+    completions_per_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Completions per optimizer step the recipe intends; --dry-run checks the arithmetic."
+        },
+    )
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots to the output folder."})
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch intra-op threads on CPU (None: torch's default). 1 suits tiny models."
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Parse the recipe, build the trainer on a tiny stand-in model, report, and exit."
+        },
+    )
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(path) as handle:
+        loaded = yaml.safe_load(handle)
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping, got {type(loaded).__name__}")
+    env = loaded.pop("env", {})
+    if not isinstance(env, dict):
+        raise ValueError(f"'env' in {path} must be a mapping")
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+    return loaded
+
+
+def check_method(method: str | None) -> str | None:
+    """Return the registry key of ``method`` (see :func:`capo.methods.normalize_method`); None stays None."""
+    return None if method is None else normalize_method(method)
+
+
+def layered_defaults(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], str | None]:
+    """Resolve the default layers of a ``capo train`` command line (see the module docstring).
+
+    Args:
+        argv: The arguments after ``capo train``.
+
+    Returns:
+        ``(defaults, rest, config_path)``: the merged defaults for the parser, the arguments without
+        ``--config PATH``, and the recipe path (None without one).
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(list(argv))
+    rest = list(argv)
+    if known.config is not None:
+        index = rest.index("--config") if "--config" in rest else None
+        if index is not None:
+            del rest[index : index + 2]
+        else:  # --config=PATH
+            rest = [a for a in rest if not a.startswith("--config=")]
+    base = {} if known.config is not None else dict(TINY_DEFAULTS)
+    recipe = _read_yaml(known.config) if known.config is not None else {}
+    if known.method is not None:
+        method = check_method(known.method)
+        assert method is not None
+        defaults = {**base, **recipe, **METHODS[method], "method": method}
+    else:
+        method = check_method(recipe.get("method", base.get("method")))
+        preset = METHODS[method] if method is not None else {}
+        defaults = {**base, **preset, **recipe}
+        if method is not None:
+            defaults["method"] = method
+    return defaults, rest, known.config
+
+
+def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Resolve every field of a ``capo train`` command line without building the dataclasses.
+
+    Args:
+        argv: The arguments after ``capo train``.
+
+    Returns:
+        ``{field: value}`` over ``ScriptArguments`` and ``CAPOConfig`` (no ``__post_init__`` has run, so no
+        validation yet and the values are exactly as written).
+
+    Raises:
+        ValueError: On an unknown key in the recipe or an unknown method.
+    """
+    from trl import TrlParser
+
+    from capo.config import CAPOConfig
+
+    defaults, rest, config_path = layered_defaults(list(argv or []))
+    parser = TrlParser(cast(Any, (ScriptArguments, CAPOConfig)), prog="capo train")
+    unknown = parser.set_defaults_with_config(**defaults)
+    if unknown:
+        keys = sorted(k[2:] for k in unknown[::2])
+        where = config_path or "the embedded default"
+        raise ValueError(
+            f"unknown keys in {where}: {keys} (not fields of ScriptArguments or CAPOConfig)"
+        )
+    namespace, extra = parser.parse_known_args(args=rest)
+    if extra:
+        raise ValueError(f"unknown arguments: {extra}")
+    values = vars(namespace)
+    values["method"] = check_method(values.get("method"))
+    return values
+
+
+def build_dataclasses(values: dict[str, Any]) -> tuple[ScriptArguments, CAPOConfig]:
+    """Build ``(ScriptArguments, CAPOConfig)`` from resolved values (runs the configs' validation)."""
+    from capo.config import CAPOConfig
+
+    script_fields = {f.name for f in fields(ScriptArguments) if f.init}
+    config_fields = {f.name for f in fields(CAPOConfig) if f.init}
+    script_args = ScriptArguments(**{k: v for k, v in values.items() if k in script_fields})
+    config = CAPOConfig(**{k: v for k, v in values.items() if k in config_fields})
+    return script_args, config
+
+
+def parse_recipe(
+    argv: Sequence[str] | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[ScriptArguments, CAPOConfig, dict[str, Any]]:
+    """Parse a ``capo train`` command line (and its ``--config`` recipe) into the two dataclasses.
+
+    Args:
+        argv: The arguments after ``capo train`` (``None``: none, i.e. the embedded tiny default).
+        overrides: Values applied above every layer (``--dry-run`` swaps in CPU-safe settings this way).
+
+    Returns:
+        ``(script_args, config, values)``; ``values`` are the resolved fields before ``overrides``.
+
+    Raises:
+        ValueError: On an unknown key, an unknown method, or an invalid configuration.
+    """
+    values = resolve_values(argv)
+    script_args, config = build_dataclasses({**values, **(overrides or {})})
+    return script_args, config, values
+
+
+def effective_method(config: Any) -> Method:
+    """The method a configuration trains, from its variant and masking switch (not from ``--method``)."""
+    return method_of(
+        str(getattr(config, "capo_variant", "grpo")), bool(getattr(config, "capo_enabled", False))
+    )
+
+
+def default_tiny_cache(script_args: ScriptArguments) -> Path:
+    """Return the tiny model's cache folder: ``tiny_cache_dir``, else ``$CAPO_CACHE/tiny``, else ``~/.cache/capo``."""
+    if script_args.tiny_cache_dir:
+        return Path(script_args.tiny_cache_dir)
+    root = os.environ.get("CAPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "capo")
+    return Path(root) / "tiny"
