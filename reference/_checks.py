@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-PROB_SUM_ATOL = 1e-6
-"""How far a probability row may be from summing to one (mirrors ``tests.tolerances.PROB_SUM_ATOL``)."""
+from reference.tolerances import PROB_SUM_ATOL
 
 
 def as_float(name: str, x: ArrayLike, ndim: int) -> NDArray[np.float64]:

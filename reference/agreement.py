@@ -28,10 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from reference.last_layer import expected_fisher, expected_gradient, expected_hessian
+from reference.tolerances import EXACT_RTOL
 
 __all__ = ["AGREEMENT_RTOL", "Comparison", "compare_case"]
 
-AGREEMENT_RTOL = 1e-10
+AGREEMENT_RTOL = EXACT_RTOL
 """Largest accepted error relative to the largest entry of the autodiff value."""
 
 

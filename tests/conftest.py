@@ -1,16 +1,25 @@
-"""Shared pytest configuration: deterministic torch, float64 by default in exact tests."""
+"""Shared pytest configuration: deterministic torch, the toy-case fixture, the ``slow`` lane.
+
+``toy_case`` runs a test on every case of ``toy_mdps.cases.CASES`` (one fixture per case list).
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
+
+from toy_mdps import CASES, ToyCase, build_case
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
-    import torch
-
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=CASES, ids=[case["id"] for case in CASES])
+def toy_case(request: pytest.FixtureRequest) -> ToyCase:
+    return build_case(request.param)

@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from verification import twins
+from reference.tolerances import BF16_RTOL, EXACT_RTOL, FLOAT32_RTOL
+from verification import batches, twins
 from verification.common import (
-    BF16_RTOL,
-    EXACT_RTOL,
-    FLOAT32_RTOL,
     HOLDS,
     Check,
     conditional,
@@ -68,10 +66,10 @@ def grid_agreement(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     jobs = [(p, s) for p in grid for s in STEPS]
     for point, step in progress(jobs, "agreement grid"):
-        raw = twins.random_batch(point["seed"], point["N"], point["k"], point["H"], point["V"])
-        hist = twins.AdamHistory.random(point["seed"], point["V"], point["H"], steps=3)
+        raw = batches.random_batch(point["seed"], point["N"], point["k"], point["H"], point["V"])
+        hist = batches.AdamHistory.random(point["seed"], point["V"], point["H"], steps=3)
         with_ref = point["V"] * point["H"] <= REFERENCE_MAX_PARAMS
-        parts = twins.partitions(point["N"], completion_len=4 if point["N"] < 100 else 16)
+        parts = batches.partitions(point["N"], completion_len=4 if point["N"] < 100 else 16)
         for gran, sub in parts.items():
             lr = LR[step]
             c = twins.capo_shifts(raw, sub, step, lr, hist, with_grads=gran != "token" or with_ref)
@@ -151,9 +149,9 @@ def dtype_agreement(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     records = []
     jobs = [(p, s, d) for p in grid for s in STEPS for d in (torch.float32, torch.bfloat16)]
     for point, step, dt in progress(jobs, "dtypes"):
-        raw = twins.random_batch(point["seed"], point["N"], point["k"], point["H"], point["V"])
-        hist = twins.AdamHistory.random(point["seed"], point["V"], point["H"], steps=3)
-        low = twins.rounded(raw, dt)
+        raw = batches.random_batch(point["seed"], point["N"], point["k"], point["H"], point["V"])
+        hist = batches.AdamHistory.random(point["seed"], point["V"], point["H"], steps=3)
+        low = batches.rounded(raw, dt)
         for gran in ("token", "batch"):
             sub = None if gran == "token" else torch.zeros(raw.n, dtype=torch.int64)
             lr = LR[step]

@@ -18,15 +18,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-EXACT_RTOL = 1e-10
-"""float64 quantities equal in exact arithmetic (mirrors ``tests/tolerances.py`` EXACT_RTOL)."""
-
-FLOAT32_RTOL = 1e-4
-"""float32 inputs against a float64 twin (mirrors ``tests/tolerances.py`` FLOAT32_RTOL)."""
-
-BF16_RTOL = 2e-2
-"""bf16 inputs accumulated in float32 (mirrors ``tests/tolerances.py`` BF16_RTOL)."""
-
 HOLDS, FAILS = "holds", "fails"
 """Verdict words; a conditional verdict reads "holds only ..." (see :func:`conditional`)."""
 

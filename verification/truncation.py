@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 import capo
-from verification import twins
-from verification.common import EXACT_RTOL, HOLDS, Check, conditional, fmt, progress, rel_error
+from reference.tolerances import EXACT_RTOL
+from verification import batches, twins
+from verification.common import HOLDS, Check, conditional, fmt, progress, rel_error
 
 TRUNCATION_TOL = 1e-2
 """A truncated model is called accurate at k when every relative error is below this."""
@@ -48,7 +49,7 @@ def _truncation_curve(
     """Relative errors of the top-k model vs the full-vocabulary one, per k and step model."""
     N, V = logits.shape
     H = hidden.shape[1]
-    hist = twins.AdamHistory.random(seed, V, H, steps=3)
+    hist = batches.AdamHistory.random(seed, V, H, steps=3)
     full_ids = torch.arange(V).expand(N, V).contiguous()
     full = capo.TokenBatch(hidden, full_ids, torch.softmax(logits, 1), sampled, adv, vocab_size=V)
     probs = torch.softmax(logits, dim=1)
@@ -161,17 +162,17 @@ def chunk_invariance(quick: bool) -> tuple[list[dict[str, Any]], list[Check]]:
     chunks = [1, 2, 5, 17, 1000]
     rows = []
     for p in progress(points, "chunk sizes"):
-        raw = twins.random_batch(p["seed"], p["N"], p["k"], p["H"], p["V"])
-        hist = twins.AdamHistory.random(p["seed"], p["V"], p["H"], steps=3)
+        raw = batches.random_batch(p["seed"], p["N"], p["k"], p["H"], p["V"])
+        hist = batches.AdamHistory.random(p["seed"], p["V"], p["H"], steps=3)
         for step in ("sgd", "adam"):
-            for gran, sub in twins.partitions(p["N"]).items():
+            for gran, sub in batches.partitions(p["N"]).items():
                 base = twins.capo_shifts(raw, sub, step, 0.1, hist)
                 err = 0.0
                 for c in chunks:
                     got = twins.capo_shifts(raw, sub, step, 0.1, hist, chunk_size=c)
                     err = max(err, rel_error(got.m_H, base.m_H), rel_error(got.m_F, base.m_F))
                 rows.append({"what": f"shifts {step} {gran}", "N": p["N"], "max_rel": err})
-        batch = twins.token_batch(raw)
+        batch = batches.token_batch(raw)
         _, g0 = capo.last_layer_gradient(batch)
         gerr = max(rel_error(capo.last_layer_gradient(batch, chunk_size=c)[1], g0) for c in chunks)
         rows.append({"what": "last_layer_gradient", "N": p["N"], "max_rel": gerr})

@@ -1,4 +1,4 @@
-"""Random token batches, dense twins for ``reference/``, and matching sparse/dense Adam moments."""
+"""Test cases on top of the shared builders of :mod:`verification.batches`; dense twins for ``reference/``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import capo
-from reference import DenseAdamState
+from verification.batches import AdamHistory, random_token_batch
 
 BATCH_CASES: list[dict[str, Any]] = [
     {"id": "N8-k3-V10-H4", "seed": 0, "N": 8, "k": 3, "V": 10, "H": 4},
@@ -22,19 +22,10 @@ BATCH_CASES: list[dict[str, Any]] = [
 
 
 def random_batch(
-    seed: int, N: int, k: int, V: int, H: int, scale: float = 2.0, dtype=torch.float64, **_: Any
-) -> capo.TokenBatch:
-    """N tokens with unique random support ids per row, softmax probs, random actions and A."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.rand(N, V, generator=g).argsort(dim=1)[:, :k]
-    probs = torch.softmax(scale * torch.randn(N, k, generator=g, dtype=torch.float64), dim=1)
-    return capo.TokenBatch(
-        hidden=torch.randn(N, H, generator=g, dtype=torch.float64).to(dtype),
-        support_ids=ids,
-        support_probs=probs.to(dtype),
-        action_index=torch.randint(0, k, (N,), generator=g),
-        advantages=torch.randn(N, generator=g, dtype=torch.float64).to(dtype),
-    )
+    seed: int, N: int, k: int, V: int, H: int, scale: float = 2.0, dtype=torch.float64, **_
+):
+    """The shared builder (:func:`verification.batches.random_token_batch`) with the cases' keywords."""
+    return random_token_batch(seed, N, k, H, V, scale, dtype)
 
 
 def dense_inputs(batch: capo.TokenBatch, V: int) -> tuple[np.ndarray, ...]:
@@ -49,22 +40,10 @@ def dense_inputs(batch: capo.TokenBatch, V: int) -> tuple[np.ndarray, ...]:
     )
 
 
-def adam_pair(
-    seed: int, V: int, H: int, n_updates: int, dtype=torch.float64, betas=(0.9, 0.999), eps=1e-8
-) -> tuple[capo.SparseAdamMoments, DenseAdamState]:
-    """Sparse and dense Adam moments after the same random sparse updates (random rows each step)."""
-    g = torch.Generator().manual_seed(1000 + seed)
-    sparse = capo.SparseAdamMoments(V, H, betas=betas, eps=eps, dtype=dtype)
-    dense = DenseAdamState(V, H, betas=betas, eps=eps)
-    for _ in range(n_updates):
-        r = int(torch.randint(1, V + 1, (1,), generator=g))
-        rows = torch.randperm(V, generator=g)[:r]
-        grads = torch.randn(r, H, generator=g, dtype=torch.float64)
-        sparse.update(rows, grads.to(dtype))
-        full = np.zeros((V, H))
-        full[rows.numpy()] = grads.to(dtype).to(torch.float64).numpy()
-        dense.update(full)
-    return sparse, dense
+def adam_pair(seed: int, V: int, H: int, n_updates: int, dtype=torch.float64, betas=(0.9, 0.999)):
+    """Sparse and dense Adam moments after the same random sparse updates (:class:`AdamHistory`)."""
+    hist = AdamHistory.random(seed, V, H, n_updates, scale=1.0, betas=betas)
+    return hist.sparse(dtype), hist.dense_numpy(dtype)
 
 
 def partitions(N: int, seed: int) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.tolerances import BF16_RTOL, EXACT_RTOL, FLOAT32_RTOL
-from verification import agreement, common, truncation, twins
+from verification import agreement, batches, common, truncation, twins
 
 POINT = {"N": 12, "k": 3, "H": 4, "V": 9, "seed": 11}
 
@@ -31,8 +31,8 @@ def test_capo_reference_autodiff_agree_on_g_m_H_m_F_in_float64(
 
 def test_autodiff_route_detects_a_wrong_step() -> None:
     """The comparison can fail: a different learning rate changes m_H and m_F far beyond EXACT_RTOL."""
-    raw = twins.random_batch(0, 8, 3, 4, 7)
-    hist = twins.AdamHistory.random(0, 7, 4, 2)
+    raw = batches.random_batch(0, 8, 3, 4, 7)
+    hist = batches.AdamHistory.random(0, 7, 4, 2)
     a = twins.capo_shifts(raw, None, "adam", 0.01, hist)
     b = twins.autodiff_shifts(raw, None, "adam", 0.011, hist)
     assert common.rel_error(a.m_F, b.m_F) > 1e-3
@@ -64,17 +64,10 @@ def test_topk_with_full_support_is_exact_and_error_shrinks_with_k() -> None:
     assert by_k[8] < by_k[1]
 
 
-def test_common_tolerances_mirror_tests_tolerances() -> None:
-    """verification's pass/fail limits equal the suite's tolerances (one source of truth)."""
-    assert common.EXACT_RTOL == EXACT_RTOL
-    assert common.FLOAT32_RTOL == FLOAT32_RTOL
-    assert common.BF16_RTOL == BF16_RTOL
-
-
 def test_rel_error_and_slope_fit() -> None:
     """rel_error is norm-wise relative; fit_slope recovers the exponent of a power law."""
     assert common.rel_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
     x = np.logspace(-3, -1, 7)
     assert common.fit_slope(x, 5 * x**3) == pytest.approx(3.0)
     assert np.isnan(common.fit_slope(x[:2], x[:2]))
-    assert torch.is_tensor(twins.random_batch(0, 2, 2, 2, 3).hidden)
+    assert torch.is_tensor(batches.random_batch(0, 2, 2, 2, 3).hidden)

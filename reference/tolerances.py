@@ -1,0 +1,38 @@
+"""Every numerical tolerance of the project's comparisons, in one place (docs/design.md §4).
+
+The tests (``tests/tolerances.py``), the verification reports and ``python -m reference`` import these; a
+comparison never writes a tolerance inline. The probability-sum tolerance of the input contract
+(docs/design.md §3) is the library's own, :data:`capo.tokens.PROB_SUM_ATOL`, re-exported here.
+"""
+
+from __future__ import annotations
+
+from capo.tokens import PROB_SUM_ATOL
+
+__all__ = [
+    "BF16_RTOL",
+    "EXACT_ATOL",
+    "EXACT_RTOL",
+    "FLOAT32_ATOL",
+    "FLOAT32_RTOL",
+    "MC_TARGET_RTOL",
+    "PROB_SUM_ATOL",
+]
+
+EXACT_RTOL = 1e-10
+"""Relative tolerance for float64 quantities that are equal in exact arithmetic."""
+
+EXACT_ATOL = 1e-12
+"""Absolute floor for float64 comparisons of quantities that can be exactly zero."""
+
+FLOAT32_RTOL = 1e-4
+"""Relative tolerance for float32 computations against a float64 twin."""
+
+FLOAT32_ATOL = 1e-6
+"""Absolute floor for float32 comparisons."""
+
+BF16_RTOL = 2e-2
+"""Relative tolerance for bf16 inputs accumulated in float32."""
+
+MC_TARGET_RTOL = 5e-2
+"""Relative error a Monte Carlo estimate must reach (averaged until below) in expectation tests."""
