@@ -41,6 +41,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def fast(session: nox.Session) -> None:
+    """The edit-test loop: the suite without the ``slow`` tests (multi-process and full ``.train()`` runs)."""
+    install_project(session, "train,dev")
+    session.run(
+        "pytest", "-m", "not slow", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"}
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
     session.install("ruff>=0.8")

@@ -21,18 +21,3 @@ In ``reference/`` and ``toy_mdps/`` the paper's letters are used for the exact t
 K actions (= V), d features (= H), and the state index s.
 """
 
-from __future__ import annotations
-
-GLOSSARY = {
-    "B": "sequences (completions) in a batch or micro-batch",
-    "G": "generations per prompt (one GRPO group)",
-    "P": "prompts in a batch (B = P * G)",
-    "T": "completion tokens per sequence (padded length)",
-    "N": "flattened completion tokens",
-    "k": "support size per token",
-    "V": "vocabulary size (rows of the output layer)",
-    "H": "hidden size (columns of the output layer)",
-    "R": "distinct vocabulary rows touched by a gradient",
-    "S": "subsets of a partition",
-    "C": "tokens in one chunk",
-}

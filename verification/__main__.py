@@ -152,7 +152,7 @@ def theorems(out: Path, quick: bool) -> bool:
     plots.remainders(ex["curves"], out / "remainders.png")
     plots.lemma(lb["records"], out / "lemma_bounds.png")
     plots.theorem(mo["records"], out / "theorem_5_1.png")
-    plots.spearman(sp, out / "spearman.png")
+    plots.spearman_panel(sp, out / "spearman.png")
     slope_cols = [
         "kind",
         "toy",

@@ -152,7 +152,7 @@ def theorem(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def spearman(result: dict[str, Any], path: Path) -> None:
+def spearman_panel(result: dict[str, Any], path: Path) -> None:
     """m̂_F against the exact KL: global per step, and token-level own steps."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
