@@ -203,6 +203,21 @@ def _check_subsets(
 
 
 @torch.no_grad()
+def _check_inputs(batch: TokenBatch, step: StepModel) -> None:
+    """ValueError naming the argument for a wrong batch or step type, or moments that do not fit."""
+    if not isinstance(batch, TokenBatch):
+        raise ValueError(f"batch must be a TokenBatch, got {type(batch).__name__}")
+    if not isinstance(step, (SGDStep, AdamStep)):
+        raise ValueError(f"step must be SGDStep or AdamStep, got {type(step).__name__}")
+    if isinstance(step, AdamStep):
+        if step.moments.hidden_size != batch.hidden_size:
+            raise ValueError(
+                f"hidden [{batch.num_tokens}, {batch.hidden_size}] does not match the moments' "
+                f"hidden_size {step.moments.hidden_size}"
+            )
+        batch.check_vocab(step.moments.vocab_size)
+
+
 def directional_shifts(
     batch: TokenBatch,
     step: StepModel,
@@ -230,19 +245,9 @@ def directional_shifts(
         ValueError: for an unknown step model, a hidden size or vocabulary that does not match the
             moments, bad ``subsets``, or a non-positive ``chunk_size``.
     """
-    if not isinstance(batch, TokenBatch):
-        raise ValueError(f"batch must be a TokenBatch, got {type(batch).__name__}")
-    if not isinstance(step, (SGDStep, AdamStep)):
-        raise ValueError(f"step must be SGDStep or AdamStep, got {type(step).__name__}")
+    _check_inputs(batch, step)
     n, k, hs = batch.num_tokens, batch.support_size, batch.hidden_size
     dev = batch.hidden.device
-    if isinstance(step, AdamStep):
-        if step.moments.hidden_size != hs:
-            raise ValueError(
-                f"hidden [{n}, {hs}] does not match the moments' hidden_size "
-                f"{step.moments.hidden_size}"
-            )
-        batch.check_vocab(step.moments.vocab_size)
     cdt = batch.dtype
     if chunk_size is None:
         chunk_size = default_chunk_size(k, hs, cdt)

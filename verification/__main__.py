@@ -9,9 +9,57 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from verification import agreement as ag
 from verification import plots, report
+from verification import truncation as tr
 from verification.common import Check, fmt
+from verification.theorems import expansions, lemma_bounds, monotonic, spearman
+
+ERROR_COLS = (
+    "capo_vs_ref_m_H",
+    "capo_vs_ref_m_F",
+    "capo_vs_ref_g",
+    "capo_vs_auto_m_H",
+    "capo_vs_auto_m_F",
+    "ref_vs_auto_m_H",
+)
+DTYPE_COLS = [
+    "point",
+    "step",
+    "dtype",
+    "granularity",
+    *(
+        f"{part}_{m}"
+        for m in ("m_H", "m_F")
+        for part in ("total", "accumulation", "input_rounding")
+    ),
+]
+TRUNCATION_COLS = [
+    "source",
+    "step",
+    "k",
+    "mean_tail_mass",
+    "token_m_H",
+    "token_m_F",
+    "batch_m_H",
+    "batch_m_F",
+]
+VIOLATION_COLS = [
+    "toy",
+    "lr",
+    "B",
+    "omega",
+    "delta_F",
+    "J_gain",
+    "claim_bound",
+    "R2_hessian_mismatch",
+    "R3_cubic",
+    "RF_kl",
+    "lemma_slack",
+]
+"""Columns of the report tables."""
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -27,11 +75,52 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return head + "\n".join(body)
 
 
+def _agreement_sections(
+    recs: list[dict[str, Any]],
+    drecs: list[dict[str, Any]],
+    trecs: list[dict[str, Any]],
+    crows: list[dict[str, Any]],
+    twins_rows: list[dict[str, Any]],
+) -> list[tuple[str, str]]:
+    """The agreement report's (title, Markdown) sections."""
+    err_cols = [c for c in ERROR_COLS if any(c in r for r in recs)]
+    causes = "\n".join(f"- **{k}**: {v}" for k, v in ag.DTYPE_CAUSES.items())
+    sections = [
+        (
+            "Grid (float64)",
+            "Relative error = max|a − b| / max|b| over the S subsets.\n\n"
+            + _table(recs, ["point", "step", "granularity", "S", *err_cols]),
+        ),
+        (
+            "Lower precisions",
+            causes
+            + "\n\n"
+            + _table(
+                drecs,
+                DTYPE_COLS,
+            )
+            + "\n\nThe float64 recomputation on bf16-rounded inputs builds the TokenBatch "
+            "without validation: capo's float64 check (row sums within 1e-6) rejects bf16-rounded "
+            "probabilities upcast to float64 (they sum to 1 only within ~1e-3).",
+        ),
+        (
+            "Top-k truncation vs the full-vocabulary model",
+            _table(
+                trecs,
+                TRUNCATION_COLS,
+            ),
+        ),
+        ("Chunk-size invariance", _table(crows, ["what", "N", "max_rel"])),
+        (
+            "Exact-expectation twins (toy MDP cases)",
+            _table(twins_rows, ["case", "quantity", "max_rel"]),
+        ),
+    ]
+    return sections
+
+
 def agreement(out: Path, quick: bool) -> bool:
     """The agreement report (capo vs reference vs autodiff, dtypes, top-k truncation, chunking)."""
-    from verification import agreement as ag
-    from verification import truncation as tr
-
     t0 = time.time()
     grid = ag.GRID_QUICK if quick else ag.GRID_FULL
     recs = ag.grid_agreement(grid)
@@ -49,70 +138,7 @@ def agreement(out: Path, quick: bool) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     plots.agreement_errors(recs, out / "agreement_errors.png")
     plots.truncation(trecs, out / "topk_truncation.png")
-    err_cols = [
-        c
-        for c in (
-            "capo_vs_ref_m_H",
-            "capo_vs_ref_m_F",
-            "capo_vs_ref_g",
-            "capo_vs_auto_m_H",
-            "capo_vs_auto_m_F",
-            "ref_vs_auto_m_H",
-        )
-        if any(c in r for r in recs)
-    ]
-    causes = "\n".join(f"- **{k}**: {v}" for k, v in ag.DTYPE_CAUSES.items())
-    sections = [
-        (
-            "Grid (float64)",
-            "Relative error = max|a − b| / max|b| over the S subsets.\n\n"
-            + _table(recs, ["point", "step", "granularity", "S", *err_cols]),
-        ),
-        (
-            "Lower precisions",
-            causes
-            + "\n\n"
-            + _table(
-                drecs,
-                [
-                    "point",
-                    "step",
-                    "dtype",
-                    "granularity",
-                    "total_m_H",
-                    "accumulation_m_H",
-                    "input_rounding_m_H",
-                    "total_m_F",
-                    "accumulation_m_F",
-                    "input_rounding_m_F",
-                ],
-            )
-            + "\n\nThe float64 recomputation on bf16-rounded inputs builds the TokenBatch "
-            "without validation: capo's float64 check (row sums within 1e-6) rejects bf16-rounded "
-            "probabilities upcast to float64 (they sum to 1 only within ~1e-3).",
-        ),
-        (
-            "Top-k truncation vs the full-vocabulary model",
-            _table(
-                trecs,
-                [
-                    "source",
-                    "step",
-                    "k",
-                    "mean_tail_mass",
-                    "token_m_H",
-                    "token_m_F",
-                    "batch_m_H",
-                    "batch_m_F",
-                ],
-            ),
-        ),
-        ("Chunk-size invariance", _table(crows, ["what", "N", "max_rel"])),
-        (
-            "Exact-expectation twins (toy MDP cases)",
-            _table(twins_rows, ["case", "quantity", "max_rel"]),
-        ),
-    ]
+    sections = _agreement_sections(recs, drecs, trecs, crows, twins_rows)
     payload = {
         "grid": recs,
         "dtypes": drecs,
@@ -133,26 +159,10 @@ def agreement(out: Path, quick: bool) -> bool:
     )
 
 
-def theorems(out: Path, quick: bool) -> bool:
-    """The theorem report (expansions, Lemma E.1 / K.3, Theorem 5.1, App. L) on toy MDPs."""
-    from verification.theorems import expansions, lemma_bounds, monotonic, spearman
-
-    t0 = time.time()
-    ex = expansions.run(quick)
-    lb = lemma_bounds.run(quick)
-    mo = monotonic.run(quick)
-    sp = spearman.run(quick)
-    checks = [
-        *expansions.checks(ex),
-        *lemma_bounds.checks(lb),
-        *monotonic.checks(mo),
-        *spearman.checks(sp),
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    plots.remainders(ex["curves"], out / "remainders.png")
-    plots.lemma(lb["records"], out / "lemma_bounds.png")
-    plots.theorem(mo["records"], out / "theorem_5_1.png")
-    plots.spearman_panel(sp, out / "spearman.png")
+def _theorem_sections(
+    ex: dict[str, Any], lb: dict[str, Any], mo: dict[str, Any], sp: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """The theorem report's (title, Markdown) sections."""
     slope_cols = [
         "kind",
         "toy",
@@ -185,19 +195,7 @@ def theorems(out: Path, quick: bool) -> bool:
             + (
                 _table(
                     viol[:20],
-                    [
-                        "toy",
-                        "lr",
-                        "B",
-                        "omega",
-                        "delta_F",
-                        "J_gain",
-                        "claim_bound",
-                        "R2_hessian_mismatch",
-                        "R3_cubic",
-                        "RF_kl",
-                        "lemma_slack",
-                    ],
+                    VIOLATION_COLS,
                 )
                 if viol
                 else "none"
@@ -210,6 +208,28 @@ def theorems(out: Path, quick: bool) -> bool:
             + _table(rho_rows, ["variant", "global", "token_mean", "token_own_step"]),
         ),
     ]
+    return sections
+
+
+def theorems(out: Path, quick: bool) -> bool:
+    """The theorem report (expansions, Lemma E.1 / K.3, Theorem 5.1, App. L) on toy MDPs."""
+    t0 = time.time()
+    ex = expansions.run(quick)
+    lb = lemma_bounds.run(quick)
+    mo = monotonic.run(quick)
+    sp = spearman.run(quick)
+    checks = [
+        *expansions.checks(ex),
+        *lemma_bounds.checks(lb),
+        *monotonic.checks(mo),
+        *spearman.checks(sp),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    plots.remainders(ex["curves"], out / "remainders.png")
+    plots.lemma(lb["records"], out / "lemma_bounds.png")
+    plots.theorem(mo["records"], out / "theorem_5_1.png")
+    plots.spearman_panel(sp, out / "spearman.png")
+    sections = _theorem_sections(ex, lb, mo, sp)
     payload = {"expansions": ex, "lemma_bounds": lb, "theorem_5_1": mo, "spearman": sp}
     return report.write(
         out,
@@ -233,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small grids (< 60 s), as in the tests"
     )
     args = parser.parse_args(argv)
-    import torch
-
     torch.set_num_threads(1)
     ok = (agreement if args.command == "agreement" else theorems)(args.out, args.quick)
     text = (args.out / "report.md").read_text()
