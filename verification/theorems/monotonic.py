@@ -190,6 +190,11 @@ def adversarial(quick: bool) -> list[dict[str, Any]]:
 def checks(result: dict[str, Any]) -> list[Check]:
     """Summary rows for eq 74, eq 79, the sharper bound, the δ_H question and the end claim."""
     rs = result["records"]
+    return [*_slack_checks(rs), _threshold_check(result), _end_claim_check(rs)]
+
+
+def _slack_checks(rs: list[dict[str, Any]]) -> list[Check]:
+    """Eq 74 (both halves), eq 79 and the sharper eq 77 bound: minimum normalised slack >= 0."""
     n = len(rs)
     out = []
     for key, claim, eq in (
@@ -222,23 +227,30 @@ def checks(result: dict[str, Any]) -> list[Check]:
                 ok=ok,
             )
         )
-    half_viol = sum(not r["threshold_half_ok"] for r in rs if r["omega"] > 0)
+    return out
+
+
+def _threshold_check(result: dict[str, Any]) -> Check:
+    """Whether δ_H = ω + ½Mr² suffices (the proof uses ω + Mr²)."""
+    half_viol = sum(not r["threshold_half_ok"] for r in result["records"] if r["omega"] > 0)
     adv = {a["c"]: a for a in result["adversarial"]}
     ok = half_viol == 0 and adv[0.5]["min_normalised_gap"] >= -1e-9
-    out.append(
-        Check(
-            claim="δ_H = ω + ½Mr² (eq 12) suffices for m_H(Δθ) ≥ ω (the proof, eq 80, uses ω + Mr²)",
-            equation="eq 12, 69, 79-80",
-            verdict=HOLDS if ok else FAILS,
-            worst=(
-                f"{half_viol} violations on toys; adversarial min gap/(Mr²): c=½ {fmt(adv[0.5]['min_normalised_gap'])}, "
-                f"c=¼ {fmt(adv[0.25]['min_normalised_gap'])}, c=0 {fmt(adv[0.0]['min_normalised_gap'])} "
-                "(theory: ≥ 0, −¼, −½)"
-            ),
-            must_hold=False,
-            ok=ok,
-        )
+    return Check(
+        claim="δ_H = ω + ½Mr² (eq 12) suffices for m_H(Δθ) ≥ ω (the proof, eq 80, uses ω + Mr²)",
+        equation="eq 12, 69, 79-80",
+        verdict=HOLDS if ok else FAILS,
+        worst=(
+            f"{half_viol} violations on toys; adversarial min gap/(Mr²): c=½ {fmt(adv[0.5]['min_normalised_gap'])}, "
+            f"c=¼ {fmt(adv[0.25]['min_normalised_gap'])}, c=0 {fmt(adv[0.0]['min_normalised_gap'])} "
+            "(theory: ≥ 0, −¼, −½)"
+        ),
+        must_hold=False,
+        ok=ok,
     )
+
+
+def _end_claim_check(rs: list[dict[str, Any]]) -> Check:
+    """The end claim of Theorem 5.1 with exact J, and how much of each violation the neglected terms explain."""
     claimed = [r for r in rs if r["omega"] > 0]
     viol = [r for r in claimed if r["claim_slack"] < 0]
     mono = [r for r in claimed if r["claim_bound"] >= 0]
@@ -251,21 +263,18 @@ def checks(result: dict[str, Any]) -> list[Check]:
         for r in viol
     )
     worst = min((r["claim_slack"] for r in claimed), default=float("nan"))
-    out.append(
-        Check(
-            claim="end claim J(π_{θ+Δθ}) − J(π_θ) ≥ ω − C√δ_F with exact J",
-            equation="eq 13, 70",
-            verdict=HOLDS
-            if not viol
-            else conditional("when the neglected higher-order terms are small (small steps)"),
-            worst=(
-                f"{len(viol)}/{len(claimed)} violations (monotonic regime ω ≥ C√δ_F: {len(mono_viol)}/{len(mono)}); "
-                f"worst slack {fmt(worst)}; explained by neglected terms: {expl}/{len(viol)} "
-                f"(Hessian part alone {expl_H}, KL part alone {expl_F})"
-            ),
-            must_hold=False,
-            ok=not viol,
-            details={"violations": viol[:20]},
-        )
+    return Check(
+        claim="end claim J(π_{θ+Δθ}) − J(π_θ) ≥ ω − C√δ_F with exact J",
+        equation="eq 13, 70",
+        verdict=HOLDS
+        if not viol
+        else conditional("when the neglected higher-order terms are small (small steps)"),
+        worst=(
+            f"{len(viol)}/{len(claimed)} violations (monotonic regime ω ≥ C√δ_F: {len(mono_viol)}/{len(mono)}); "
+            f"worst slack {fmt(worst)}; explained by neglected terms: {expl}/{len(viol)} "
+            f"(Hessian part alone {expl_H}, KL part alone {expl_F})"
+        ),
+        must_hold=False,
+        ok=not viol,
+        details={"violations": viol[:20]},
     )
-    return out
