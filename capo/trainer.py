@@ -51,6 +51,7 @@ from capo.hidden_capture import (
 from capo.masking import loss_coefficients, select_tokens
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
+from capo.output_layer_check import check_output_layer_training
 from capo.selection import Thresholds
 from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
 from capo.steps import AdamStep, SGDStep, StepModel
@@ -105,6 +106,8 @@ class CAPOTrainer(GRPOTrainer):
         self._capo_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
         if self._capo_capture:
             check_plain_output_layer(self.accelerator.unwrap_model(self.model))
+        if self._capo_active:  # frozen / adapter head: ValueError; tied embeddings: a warning
+            check_output_layer_training(self.accelerator.unwrap_model(self.model), args)
         if self._capo_active and args.capo_support_size > self._capo_vocab:
             raise ValueError(
                 f"capo_support_size = {args.capo_support_size} exceeds the vocabulary size "
