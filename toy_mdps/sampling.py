@@ -62,6 +62,35 @@ def _draw(rng: np.random.Generator, rows: NDArray[np.float64]) -> NDArray[np.int
     return np.minimum(idx, rows.shape[1] - 1).astype(np.int64)
 
 
+def _rollouts(
+    mdp: FiniteMDP,
+    p: NDArray[np.float64],
+    n_trajectories: int,
+    rng: np.random.Generator,
+    n_steps: int,
+    geometric: bool,
+) -> tuple[NDArray[np.int64], ...]:
+    """(trajectory id, time, state, action) [N] of every step, sorted by trajectory then time.
+
+    With ``geometric`` each episode survives a step with probability γ (at most ``n_steps`` steps).
+    """
+    ids = np.arange(n_trajectories, dtype=np.int64)
+    s = _draw(rng, np.broadcast_to(mdp.rho0, (n_trajectories, mdp.n_states)))
+    chunks: list[tuple[NDArray[np.int64], ...]] = []
+    for t in range(n_steps):
+        a = _draw(rng, p[s])
+        chunks.append((ids, np.full(ids.shape, t, dtype=np.int64), s, a))
+        s = _draw(rng, mdp.transitions[s, a])
+        if geometric:
+            alive = rng.random(ids.shape[0]) < mdp.gamma
+            ids, s = ids[alive], s[alive]
+            if ids.size == 0:
+                break
+    traj, times, states, actions = (np.concatenate(c) for c in zip(*chunks, strict=True))
+    order = np.lexsort((times, traj))
+    return traj[order], times[order], states[order], actions[order]
+
+
 def sample_tokens(
     mdp: FiniteMDP,
     probs: NDArray[np.float64],
@@ -102,21 +131,7 @@ def sample_tokens(
     geometric = not finite and discount_mode == "geometric"
     n_steps = MAX_STEPS if geometric else mdp.horizon
 
-    ids = np.arange(n_trajectories, dtype=np.int64)
-    s = _draw(rng, np.broadcast_to(mdp.rho0, (n_trajectories, mdp.n_states)))
-    chunks: list[tuple[NDArray[np.int64], ...]] = []
-    for t in range(n_steps):
-        a = _draw(rng, p[s])
-        chunks.append((ids, np.full(ids.shape, t, dtype=np.int64), s, a))
-        s = _draw(rng, mdp.transitions[s, a])
-        if geometric:
-            alive = rng.random(ids.shape[0]) < mdp.gamma
-            ids, s = ids[alive], s[alive]
-            if ids.size == 0:
-                break
-    traj, times, states, actions = (np.concatenate(c) for c in zip(*chunks, strict=True))
-    order = np.lexsort((times, traj))
-    traj, times, states, actions = traj[order], times[order], states[order], actions[order]
+    traj, times, states, actions = _rollouts(mdp, p, n_trajectories, rng, n_steps, geometric)
     A = time_advantages(evaluation)
     adv = A[times if finite else np.zeros_like(times), states, actions]
     discounts = np.ones(times.shape) if geometric else mdp.gamma ** times.astype(np.float64)
