@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-__all__ = ["CAPO_GRANULARITIES", "CAPO_STEP_MODELS", "CAPO_VARIANTS", "CAPOConfig"]
+__all__ = [
+    "CAPO_GRANULARITIES",
+    "CAPO_KL_MODELS",
+    "CAPO_STEP_MODELS",
+    "CAPO_VARIANTS",
+    "CAPOConfig",
+]
 
 CAPO_VARIANTS: dict[str, tuple[str, str]] = {
     "grpo": ("grpo", "group"),
@@ -37,6 +43,9 @@ CAPO_GRANULARITIES = ("token", "completion", "group", "batch")
 
 CAPO_STEP_MODELS = ("adam", "sgd")
 """Step models of the last-layer optimizer (paper §4.1, App. I ablation)."""
+
+CAPO_KL_MODELS = ("last_layer", "lookahead")
+"""How the KL budget predicts the KL of the step actually taken (an extension beyond the paper)."""
 
 _TRL_DEFAULT_LOSS_TYPE = "dapo"
 _TRL_DEFAULT_SCALE_REWARDS = "group"
@@ -138,6 +147,37 @@ class CAPOConfig(GRPOConfig):
         },
     )
 
+    capo_kl_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Extension beyond the paper: δ, the allowed mean KL(π_θ || π_θ') per optimizer step "
+            "over the step's valid completion tokens (policy at its sampling temperature). Before each "
+            "optimizer step the KL of the optimizer's prospective step is predicted (capo_kl_model) and "
+            "the step's learning rate is scaled by s = min(1, sqrt(δ / KL)). None (default): no budget, "
+            "the paper's method unchanged."
+        },
+    )
+    capo_kl_model: str = field(
+        default="lookahead",
+        metadata={
+            "help": "How the KL of the prospective step is predicted: 'lookahead' (exact full-vocabulary "
+            "KL after a no-grad forward with every parameter moved by the step, one extra forward) or "
+            "'last_layer' (½ vᵀFv of the output layer's step over the top-k support, no extra forward)."
+        },
+    )
+    capo_kl_backtrack: bool = field(
+        default=False,
+        metadata={
+            "help": "With capo_kl_model='lookahead' and a scaled step: one more lookahead at the scaled "
+            "step, shrinking it once more if its KL still exceeds capo_kl_budget (one extra forward)."
+        },
+    )
+
+    @property
+    def capo_predicts_step_kl(self) -> bool:
+        """Whether the trainer predicts the KL of each step (a budget is set or the true KL is logged)."""
+        return self.capo_kl_budget is not None or self.capo_log_true_kl
+
     def __post_init__(self) -> None:
         """Validate the CAPO fields and map ``capo_variant`` onto TRL's options, then GRPOConfig's."""
         if self.capo_variant not in CAPO_VARIANTS:
@@ -206,8 +246,24 @@ class CAPOConfig(GRPOConfig):
             raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
         if self.fisher_max is not None and not self.fisher_max > 0.0:
             raise ValueError(f"fisher_max must be > 0 or None, got {self.fisher_max}")
+        self._validate_kl_budget()
         if self.capo_enabled and self.importance_sampling_level != "token":
             raise ValueError(
                 "CAPO masks tokens, so it needs importance_sampling_level='token', got "
                 f"{self.importance_sampling_level!r}"
             )
+
+    def _validate_kl_budget(self) -> None:
+        if self.capo_kl_model not in CAPO_KL_MODELS:
+            raise ValueError(
+                f"capo_kl_model must be one of {list(CAPO_KL_MODELS)}, got {self.capo_kl_model!r}"
+            )
+        if self.capo_kl_budget is not None:
+            budget = float(self.capo_kl_budget)
+            if not 0.0 < budget < float("inf"):
+                raise ValueError(
+                    f"capo_kl_budget must be a finite number > 0 or None, got {budget}"
+                )
+            self.capo_kl_budget = budget
+        if self.capo_kl_backtrack and self.capo_kl_model != "lookahead":
+            raise ValueError("capo_kl_backtrack needs capo_kl_model='lookahead'")

@@ -33,3 +33,10 @@ SHIFT_STATS = ("mean", "p50", "p99", "max")
 """Statistics logged for :data:`M_H` and :data:`M_F`."""
 TRUE_KL = "capo/true_kl"
 """Measured mean KL(π_before || π_after) of the step over its completion tokens (``capo_log_true_kl``)."""
+TRUE_KL_HEAD = "capo/true_kl_head"
+"""Head-only part of :data:`TRUE_KL`: old hidden states, output layer before vs after the step."""
+KL_PREDICTED = "capo/kl_predicted"
+"""KL of the step the optimizer proposes, predicted before it is taken by ``capo_kl_model``, unscaled (s = 1),
+mean over the step's valid tokens (``capo_kl_budget`` or ``capo_log_true_kl``; an extension beyond the paper)."""
+KL_SCALE = "capo/kl_scale"
+"""s = min(1, sqrt(capo_kl_budget / kl_predicted)), the factor on the step's learning rate (1.0 without a budget)."""

@@ -29,6 +29,7 @@ variant's advantage, not the importance-weighted one (exact for on-policy traini
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -42,12 +43,12 @@ from capo.checkpoint import load_capo_state, save_capo_state
 from capo.config import CAPOConfig
 from capo.gradients import last_layer_gradient
 from capo.hidden_capture import (
-    backbone_of,
     capture_hidden,
     check_plain_output_layer,
     completion_hidden,
     output_layer,
 )
+from capo.kl_budget import StepKLControl
 from capo.masking import loss_coefficients, select_tokens
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
@@ -55,7 +56,7 @@ from capo.output_layer_check import check_output_layer_training
 from capo.selection import Thresholds
 from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
 from capo.steps import AdamStep, SGDStep, StepModel
-from capo.true_kl import full_vocab_kl
+from capo.true_kl import step_kl_sums
 
 __all__ = ["CAPOTrainer"]
 
@@ -93,7 +94,7 @@ class CAPOTrainer(GRPOTrainer):
             raise ValueError(f"args must be a CAPOConfig, got {type(args).__name__}")
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         self._capo_active = args.capo_enabled or args.capo_track_shifts
-        self._capo_capture = self._capo_active or args.capo_log_true_kl
+        self._capo_capture = self._capo_active or args.capo_predicts_step_kl
         self.capo_thresholds = Thresholds(args.hessian_low, args.hessian_high, args.fisher_max)
         self.capo_moments: SparseAdamMoments | None = None
         self.capo_completions_seen = 0
@@ -122,6 +123,9 @@ class CAPOTrainer(GRPOTrainer):
                 device=self.accelerator.device,
             )
         self.add_callback(_StepEnd(self))
+        self._capo_kl = StepKLControl(self) if args.capo_predicts_step_kl else None
+        if self._capo_kl is not None:  # KL budget (docs/design.md §5): scales the step's lr
+            self.add_callback(self._capo_kl)
 
     # ----------------------------------------------------------------------------- batch building
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -217,7 +221,7 @@ class CAPOTrainer(GRPOTrainer):
         if "tool_mask" in inputs:
             valid = valid & inputs["tool_mask"].bool()
         weight, bias = output_layer(self.accelerator.unwrap_model(model))
-        if args.capo_log_true_kl:
+        if args.capo_predicts_step_kl:
             if acc.head_before is None:
                 acc.head_before = (weight.clone(), None if bias is None else bias.clone())
             acc.kl_inputs.append(
@@ -311,8 +315,10 @@ class CAPOTrainer(GRPOTrainer):
         if self._capo_active:
             logged.update(self._capo_update(acc, totals, dev))
             logged[metrics.ALL_REJECTED_MICROBATCHES] = all_rejected
+        if self._capo_kl is not None:
+            logged.update(self._capo_kl.pop_metrics())
         if self.args.capo_log_true_kl:
-            logged[metrics.TRUE_KL] = self._capo_true_kl(acc, dev)
+            logged.update(self._capo_true_kl(acc, dev))
         for name, value in logged.items():
             self._metrics["train"][name].append(value)
 
@@ -348,26 +354,16 @@ class CAPOTrainer(GRPOTrainer):
         out.update(shift_stats(metrics.M_F, m_f_all))
         return out
 
-    def _capo_true_kl(self, acc: StepRecord, dev: torch.device) -> float:
-        """Mean exact KL(π_before || π_after) over the step's completion tokens, all ranks."""
-        total = torch.zeros(2, dtype=torch.float64, device=dev)
+    def _capo_true_kl(self, acc: StepRecord, dev: torch.device) -> dict[str, float]:
+        """Measured mean KL(π_before || π_after) of the step (all ranks) and its head-only part."""
+        total = torch.zeros(3, dtype=torch.float64, device=dev)
         if acc.head_before is not None:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            backbone = backbone_of(unwrapped)
-            w_after, b_after = output_layer(unwrapped)
-            for input_ids, attention_mask, keep_k, valid, h_before in acc.kl_inputs:
-                with self.accelerator.autocast():
-                    out = backbone(
-                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                    )
-                h_after = completion_hidden(out.last_hidden_state, keep_k)[valid]
-                kl = full_vocab_kl(
-                    h_before, *acc.head_before, h_after, w_after, b_after, self.temperature
-                )
-                total[0] += kl.double().sum()
-                total[1] += kl.numel()
-        total = self._capo_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+            autocast, tau = self.accelerator.autocast, self.temperature
+            total = step_kl_sums(unwrapped, acc.kl_inputs, acc.head_before, tau, autocast).to(dev)
+        kl, head, n = self._capo_reduce(total).tolist()
+        n = n or math.nan  # no token on any rank: nan
+        return {metrics.TRUE_KL: kl / n, metrics.TRUE_KL_HEAD: head / n}
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):

@@ -3,14 +3,26 @@
 π_before comes from the hidden states captured during the step's own training forward and a copy of
 the output layer taken before the optimizer step; π_after from one extra no-grad forward of the same
 inputs after the step (paper App. L, Fig. 9 analogue, here exact instead of Monte Carlo). Logits are
-formed in [C, V] token chunks, never [N, V].
+formed in [C, V] token chunks, never [N, V]. :func:`step_kl_sums` re-runs one step's micro-batches and also
+gives the head-only part (old hidden states, new output layer), the share the last-layer model can see; the KL
+budget (:mod:`capo.kl_budget`) uses it with the parameters moved by the prospective step.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
-__all__ = ["full_vocab_kl"]
+import torch
+from torch import nn
+
+from capo.hidden_capture import backbone_of, completion_hidden, output_layer
+
+__all__ = ["KLInput", "full_vocab_kl", "step_kl_sums"]
+
+KLInput = tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]
+"""One micro-batch to re-run: (input_ids, attention_mask, logits_to_keep, valid [B, T], h_before [N, H])."""
 
 
 @torch.no_grad()
@@ -64,3 +76,42 @@ def full_vocab_kl(
         lp_a = log_probs(hidden_after[sl].to(hidden_before.device), weight_after, bias_after)
         out[sl] = (lp_b.exp() * (lp_b - lp_a)).sum(dim=1)
     return out
+
+
+@torch.no_grad()
+def step_kl_sums(
+    model: nn.Module,
+    kl_inputs: Sequence[KLInput],
+    head_before: tuple[torch.Tensor, torch.Tensor | None],
+    temperature: float,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    head_only: bool = True,
+) -> torch.Tensor:
+    """[3] float64 (Σ KL, Σ head-only KL, number of tokens) of π_before -> the policy ``model`` holds now.
+
+    π_before is the stored hidden states through ``head_before``; the current policy is one no-grad
+    forward of the backbone of ``model`` on each micro-batch through its current output layer. The
+    head-only KL keeps the stored hidden states and swaps only the output layer (0 when not ``head_only``).
+
+    Args:
+        model: the (unwrapped) causal LM at the parameters after the step.
+        kl_inputs: the step's micro-batches (:data:`KLInput`).
+        head_before: (W [V, H], b [V] or None) of the output layer before the step.
+        temperature: the policy temperature τ.
+        autocast: context manager factory the training forward runs under (mixed precision).
+        head_only: also compute the head-only KL.
+    """
+    backbone = backbone_of(model)
+    w_after, b_after = output_layer(model)
+    total = torch.zeros(3, dtype=torch.float64, device=w_after.device)
+    for input_ids, attention_mask, keep_k, valid, h_before in kl_inputs:
+        with autocast():
+            out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        h_after = completion_hidden(out.last_hidden_state, keep_k)[valid]
+        kl = full_vocab_kl(h_before, *head_before, h_after, w_after, b_after, temperature)
+        total[0] += kl.double().sum()
+        total[2] += kl.numel()
+        if head_only:
+            head = full_vocab_kl(h_before, *head_before, h_before, w_after, b_after, temperature)
+            total[1] += head.double().sum()
+    return total

@@ -1,0 +1,152 @@
+"""The KL budget on the step actually taken (capo.kl_budget; an extension beyond the paper, design §5)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from capo import metrics
+from capo.kl_budget import budget_scale, parameters_moved, prospective_params, unsupported_reason
+from tests.capo import _trainer_helpers as H
+from tests.tolerances import EXACT_ATOL, EXACT_RTOL
+
+OPTIMIZERS = {
+    "adamw": dict(optim="adamw_torch", weight_decay=0.1),
+    "sgd_momentum": dict(optim="sgd", optim_args="momentum=0.9,nesterov=true", weight_decay=0.01),
+}
+KL_REL = 1e-9
+"""Prediction vs measurement of the same KL: equal up to the rounding of θ + Δ (issue 13's bar)."""
+
+
+def kl_history(trainer) -> list[dict[str, float]]:
+    return [h for h in trainer.state.log_history if metrics.KL_SCALE in h]
+
+
+def test_prospective_params_equal_the_optimizers_step():
+    """θ' formed from the state equals torch's own step (AdamW + amsgrad, Adam L2, SGD Nesterov)."""
+    torch.manual_seed(0)
+    cases = [
+        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.3, amsgrad=True),
+        lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.3, foreach=True),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.2),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.5, dampening=0.3, maximize=True),
+    ]
+    for make in cases:
+        params = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(2)]
+        opt = make(params)
+        for _ in range(3):  # the first step (empty state) and later ones
+            for p in params:
+                p.grad = torch.randn_like(p)
+            predicted = [new for _, new in prospective_params(opt, lr_scale=0.7)]
+            opt.param_groups[0]["lr"] *= 0.7
+            opt.step()
+            opt.param_groups[0]["lr"] /= 0.7
+            for p, new in zip(params, predicted, strict=True):
+                torch.testing.assert_close(new, p.detach(), rtol=EXACT_RTOL, atol=EXACT_ATOL)
+
+
+def test_parameters_moved_restores_bit_exactly():
+    """Moving the parameters to θ' and back leaves every bit of θ as it was."""
+    p = torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64))
+    before = p.detach().clone()
+    with parameters_moved([(p, p.detach() * 3.0 + 1e-300)]):
+        assert not torch.equal(p.detach(), before)
+    assert torch.equal(p.detach(), before)
+
+
+def test_budget_scale_bounds_the_quadratic_model():
+    """s²·KL̂ = δ when KL̂ > δ, s = 1 within the budget, no step for a non-finite prediction."""
+    assert budget_scale(4e-3, 1e-3) ** 2 * 4e-3 == pytest.approx(1e-3, rel=EXACT_RTOL)
+    assert budget_scale(1e-4, 1e-3) == 1.0
+    assert budget_scale(math.inf, 1e-3) == budget_scale(math.nan, 1e-3) == 0.0
+
+
+@pytest.mark.parametrize("ga", [1, 2])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_lookahead_predicts_the_measured_true_kl(tmp_path, optimizer, ga):
+    """lookahead at s = 1 (no budget) == the true KL measured after the step, rel 1e-9."""
+    tr = H.trainer(
+        str(tmp_path),
+        capo_enabled=False,  # GRPO: every token's gradient is applied, so the step is large
+        capo_log_true_kl=True,
+        per_device_train_batch_size=8 // ga,
+        gradient_accumulation_steps=ga,
+        max_steps=3,
+        **OPTIMIZERS[optimizer],
+    )
+    tr.train()
+    hist = kl_history(tr)
+    assert len(hist) == 3
+    for h in hist:
+        assert h[metrics.KL_SCALE] == 1.0
+        assert h[metrics.TRUE_KL] > 1e-6
+        assert abs(h[metrics.KL_PREDICTED] - h[metrics.TRUE_KL]) <= KL_REL * h[metrics.TRUE_KL]
+        assert 0.0 < h[metrics.TRUE_KL_HEAD]
+
+
+def test_predicting_without_a_budget_changes_no_parameter(tmp_path):
+    """Logging the prediction (lookahead: parameters moved and restored) trains bit-identically."""
+    runs = []
+    for log in (False, True):
+        tr = H.trainer(str(tmp_path / str(log)), capo_log_true_kl=log, max_steps=2)
+        tr.train()
+        runs.append(H.params(tr.model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_unsupported_setups_are_refused_in_one_line():
+    """DeepSpeed, FSDP, fp16 loss scaling and other optimizers: one clear reason each."""
+    base = dict(optimizer=None, accelerator=SimpleNamespace(scaler=None))
+    fake = lambda **kw: SimpleNamespace(**{**base, "args": SimpleNamespace(optim="sgd"), **kw})  # noqa: E731
+    assert unsupported_reason(fake()) is None
+    assert "DeepSpeed" in str(unsupported_reason(fake(is_deepspeed_enabled=True)))
+    assert "FSDP" in str(unsupported_reason(fake(is_fsdp_enabled=True)))
+    assert "fp16" in str(unsupported_reason(fake(accelerator=SimpleNamespace(scaler=object()))))
+    assert "adafactor" in str(unsupported_reason(fake(args=SimpleNamespace(optim="adafactor"))))
+
+
+def test_budget_with_an_unsupported_optimizer_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="KL budget supports optim"):
+        H.trainer(str(tmp_path), capo_kl_budget=1e-3, optim="adagrad")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(capo_kl_budget=0.0), "capo_kl_budget"),
+        (dict(capo_kl_budget=float("nan")), "capo_kl_budget"),
+        (dict(capo_kl_model="exact"), "capo_kl_model"),
+        (dict(capo_kl_backtrack=True, capo_kl_model="last_layer"), "capo_kl_backtrack"),
+    ],
+)
+def test_bad_budget_options_are_rejected(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        H.config(str(tmp_path), **overrides)
+
+
+def test_last_layer_predicts_a_head_only_step_up_to_the_cubic_remainder(tmp_path):
+    """Backbone frozen, support = whole vocabulary: ½vᵀFv == the measured KL + O(Δ³) (small SGD step)."""
+    model = H.tiny_model()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("lm_head"))
+    vocab = model.config.vocab_size
+    tr = H.trainer(
+        str(tmp_path),
+        model=model,
+        capo_enabled=False,
+        capo_log_true_kl=True,
+        capo_kl_model="last_layer",
+        capo_support_size=vocab,
+        optim="sgd",
+        learning_rate=1e-2,
+    )
+    tr.train()
+    for h in kl_history(tr):
+        assert h[metrics.TRUE_KL_HEAD] == h[metrics.TRUE_KL] > 1e-9
+        rel = abs(h[metrics.KL_PREDICTED] / h[metrics.TRUE_KL] - 1.0)
+        assert rel <= 10.0 * math.sqrt(
+            h[metrics.TRUE_KL]
+        )  # relative remainder O(|Δz|) = O(sqrt KL)
