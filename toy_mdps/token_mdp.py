@@ -82,6 +82,18 @@ class TokenMDP:
         return np.array([len(tokens) for _, tokens in self.prefixes], dtype=np.int64)
 
 
+def _check_arguments(vocab_size: int, horizon: int, reward: str, n_prompts: int) -> None:
+    """ValueError naming the argument that is out of range."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+
+
 def token_mdp(
     vocab_size: int, horizon: int, reward: str = "sum", n_prompts: int = 1, seed: int = 0
 ) -> TokenMDP:
@@ -100,14 +112,7 @@ def token_mdp(
     Raises:
         ValueError: If an argument is out of range or the state space exceeds 10⁴ states.
     """
-    if vocab_size < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    _check_arguments(vocab_size, horizon, reward, n_prompts)
     K, T = vocab_size, horizon
     n_states = n_prompts * sum(K**n for n in range(T + 1))
     if n_states > 10_000:
