@@ -94,6 +94,33 @@ def _check_arguments(vocab_size: int, horizon: int, reward: str, n_prompts: int)
         raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
 
 
+def _tree(
+    prefixes: list[Prefix],
+    index: dict[Prefix, int],
+    K: int,
+    T: int,
+    reward: str,
+    targets: NDArray[np.int64],
+    random_values: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """(children [S, K] state ids (a leaf is its own child), terminal reward [S] of each leaf)."""
+    S = len(prefixes)
+    children = np.zeros((S, K), dtype=np.int64)
+    terminal = np.zeros(S)
+    for i, (p, tokens) in enumerate(prefixes):
+        if len(tokens) == T:
+            children[i] = i
+            if reward == "sum":
+                terminal[i] = float(sum(tokens) % K == targets[p])
+            elif reward == "match":
+                terminal[i] = float(tokens == tuple(int(a) for a in targets[p]))
+            else:
+                terminal[i] = random_values[i]
+        else:
+            children[i] = [index[(p, (*tokens, a))] for a in range(K)]
+    return children, terminal
+
+
 def token_mdp(
     vocab_size: int, horizon: int, reward: str = "sum", n_prompts: int = 1, seed: int = 0
 ) -> TokenMDP:
@@ -134,19 +161,7 @@ def token_mdp(
     random_values = rng.random(n_states)
 
     S = len(prefixes)
-    children = np.zeros((S, K), dtype=np.int64)
-    terminal = np.zeros(S)
-    for i, (p, tokens) in enumerate(prefixes):
-        if len(tokens) == T:
-            children[i] = i
-            if reward == "sum":
-                terminal[i] = float(sum(tokens) % K == targets[p])
-            elif reward == "match":
-                terminal[i] = float(tokens == tuple(int(a) for a in targets[p]))
-            else:
-                terminal[i] = random_values[i]
-        else:
-            children[i] = [index[(p, (*tokens, a))] for a in range(K)]
+    children, terminal = _tree(prefixes, index, K, T, reward, targets, random_values)
 
     P = np.zeros((S, K, S))
     np.put_along_axis(P, children[:, :, None], 1.0, axis=2)
