@@ -49,6 +49,18 @@ def _grpo_advantages(tm: Any, tk: Any, n_traj: int) -> np.ndarray:
     return adv[tk.trajectory_ids]
 
 
+def _own_step(
+    batch: capo.TokenBatch, step: capo.AdamStep, i: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The dense step [K, d] token i alone would propose."""
+    m = torch.zeros(batch.num_tokens, dtype=torch.bool)
+    m[i] = True
+    rid, g_i = capo.last_layer_gradient(batch, mask=m)
+    d_i = np.zeros(shape)
+    d_i[rid.numpy()] = step.propose(rid, g_i).numpy()
+    return d_i
+
+
 def train(variant: str, steps: int, seed: int = 0, own_per_step: int = 16) -> dict[str, Any]:
     """Train the toy with GRPO or CAPO selection; record m̂_F and the exact KL of every step."""
     tm = token_mdp(6, 3, reward="random", n_prompts=4, seed=seed)
@@ -60,11 +72,7 @@ def train(variant: str, steps: int, seed: int = 0, own_per_step: int = 16) -> di
     thresholds: capo.Thresholds | None = None
     ids_all = torch.arange(K)
     rows: dict[str, list[float]] = {
-        "global": [],
-        "token_mean": [],
-        "kl": [],
-        "own_mF": [],
-        "own_kl": [],
+        k: [] for k in ("global", "token_mean", "kl", "own_mF", "own_kl")
     }
     for _ in progress(range(steps), f"train {variant}"):
         pol = LinearSoftmaxPolicy(feats, W)
@@ -101,11 +109,7 @@ def train(variant: str, steps: int, seed: int = 0, own_per_step: int = 16) -> di
         rows["token_mean"].append(float(tok.m_F[keep].mean()))
         rows["kl"].append(kl)
         for i in rng.choice(N, size=min(own_per_step, N), replace=False):
-            m = torch.zeros(N, dtype=torch.bool)
-            m[int(i)] = True
-            rid, g_i = capo.last_layer_gradient(batch, mask=m)
-            d_i = np.zeros_like(W)
-            d_i[rid.numpy()] = step.propose(rid, g_i).numpy()
+            d_i = _own_step(batch, step, int(i), W.shape)
             rows["own_mF"].append(float(tok.m_F[int(i)]))
             rows["own_kl"].append(average_kl(ev, probs, pol.with_weights(W + d_i).probs()))
         moments.update(row_ids, grad)
