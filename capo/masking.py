@@ -157,21 +157,23 @@ def select_tokens(
         shifts = directional_shifts(
             batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
         )
-        keep_subset = select(shifts, thresholds)
-        keep_flat = keep_subset if subsets is None else keep_subset[subsets]
-        keep_flat = keep_flat & shifts.token_finite
-        keep = torch.zeros_like(valid)
-        keep[valid] = keep_flat
-        fail_h, fail_f = _failures(shifts, thresholds, subsets)
-    return MicroBatchSelection(
-        valid=valid,
-        keep=keep,
-        batch=batch,
-        shifts=shifts,
-        subsets=subsets,
-        fail_hessian=fail_h,
-        fail_fisher=fail_f,
-    )
+    return _selection(valid, batch, shifts, subsets, thresholds)
+
+
+def _selection(
+    valid: torch.Tensor,
+    batch: TokenBatch,
+    shifts: Shifts,
+    subsets: torch.Tensor | None,
+    thresholds: Thresholds,
+) -> MicroBatchSelection:
+    """Apply eq 11 to the subsets' shifts and map the verdicts back to the [B, K] tokens."""
+    keep_subset = select(shifts, thresholds)
+    keep_flat = keep_subset if subsets is None else keep_subset[subsets]
+    keep = torch.zeros_like(valid)
+    keep[valid] = keep_flat & shifts.token_finite
+    fail_h, fail_f = _failures(shifts, thresholds, subsets)
+    return MicroBatchSelection(valid, keep, batch, shifts, subsets, fail_h, fail_f)
 
 
 def loss_coefficients(
