@@ -7,9 +7,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.capo import _trainer_helpers as H
 
-EMBEDDING_SCALE = 5.0
-"""Larger shared matrix: a policy sharper than uniform (the untied helper scales only lm_head by 20)."""
-
 
 def _config(tied: bool) -> Qwen2Config:
     tok = H.tokenizer()
@@ -29,11 +26,9 @@ def _config(tied: bool) -> Qwen2Config:
 
 
 def tied_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
-    """float64, ``lm_head.weight is model.embed_tokens.weight``."""
+    """float64, default initialisation (std 0.02), ``lm_head.weight is model.embed_tokens.weight``."""
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(_config(tied=True)).to(torch.float64)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(EMBEDDING_SCALE)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     return model
 
