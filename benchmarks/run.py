@@ -186,49 +186,35 @@ def run_case(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small shapes, 1 repetition (CI smoke)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and table.txt")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per implementation")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--only", default=None, help="comma-separated case names to run")
-    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.memory_child is not None:
-        print(json.dumps(memory_child(json.loads(args.memory_child))))
-        return 0
-    torch.set_num_threads(args.threads)
-    reps = args.reps or (1 if args.quick else 3)
-    memory = not args.no_memory and sys.platform.startswith("linux")
-    token_ops = ["shifts_adam_token", "shifts_sgd_token", "select"]
-    if args.quick:
-        cases = [
+TOKEN_OPS = ["shifts_adam_token", "shifts_sgd_token", "select"]
+PLANS: dict[str, dict] = {
+    "quick": {
+        "cases": [
             (
                 "target",
                 {"N": 512, "k": 16, "H": 128, "V": 1024},
                 [
                     "support",
-                    *token_ops,
+                    *TOKEN_OPS,
                     "shifts_adam_batch",
                     "shifts_sgd_batch",
                     "yardstick_fwd_bwd",
                 ],
             ),
             ("moments", {"N": 128, "k": 16, "H": 256, "V": 1024}, ["grad_moments"]),
-        ]
-        grid_base, grid = (
-            {"N": 256, "k": 8, "H": 64, "V": 1024},
-            {"N": [128, 512], "k": [4, 16], "H": [32, 128]},
-        )
-        sweep_shape, sweep_chunks = {"N": 512, "k": 16, "H": 128, "V": 1024}, [8, 64, 512]
-    else:
-        cases = [
+        ],
+        "grid_base": {"N": 256, "k": 8, "H": 64, "V": 1024},
+        "grid": {"N": [128, 512], "k": [4, 16], "H": [32, 128]},
+        "sweep_shape": {"N": 512, "k": 16, "H": 128, "V": 1024},
+        "sweep_chunks": [8, 64, 512],
+        "growth_rows": [100, 1000, 8000],
+    },
+    "full": {
+        "cases": [
             (
                 "target",
                 {"N": 8192, "k": 50, "H": 1024, "V": 4096},
-                ["support", *token_ops, "yardstick_fwd_bwd"],
+                ["support", *TOKEN_OPS, "yardstick_fwd_bwd"],
             ),
             (
                 "batch",
@@ -236,49 +222,48 @@ def main(argv: list[str] | None = None) -> int:
                 ["shifts_adam_batch", "shifts_sgd_batch"],
             ),
             ("moments", {"N": 1024, "k": 50, "H": 3584, "V": 8192}, ["grad_moments"]),
-        ]
-        grid_base = {"N": 2048, "k": 32, "H": 512, "V": 4096}
-        grid = {"N": [512, 2048, 8192], "k": [8, 32, 128], "H": [128, 512, 2048]}
-        sweep_shape = {"N": 4096, "k": 50, "H": 1024, "V": 4096}
-        sweep_chunks = [2, 8, 32, 81, 256, 1024]
-    if args.only:
-        keep = set(args.only.split(","))
-        cases = [c for c in cases if c[0] in keep]
-    rows: list[dict] = []
-    for name, shape, ops in cases:
-        rows.extend(run_case(name, shape, ops, reps, args.threads, memory))
+        ],
+        "grid_base": {"N": 2048, "k": 32, "H": 512, "V": 4096},
+        "grid": {"N": [512, 2048, 8192], "k": [8, 32, 128], "H": [128, 512, 2048]},
+        "sweep_shape": {"N": 4096, "k": 50, "H": 1024, "V": 4096},
+        "sweep_chunks": [2, 8, 32, 81, 256, 1024],
+        "growth_rows": [1000, 8000, 32000],
+    },
+}
+"""Shapes of the quick (CI smoke) and full benchmark."""
 
+GROWTH_V, GROWTH_H = 152064, 1024
+"""The paper's vocabulary (Qwen2.5) and a 1024-wide head, for the moments-growth table."""
+
+
+def scaling_fits(plan: dict, reps: int, threads: int, memory: bool, rows: list[dict]) -> dict:
+    """Log-log exponents of time and memory of ``shifts_adam_token`` along each grid axis."""
     scaling: dict[str, dict] = {}
-    if not args.only or "scaling" in args.only.split(","):
-        for axis, values in grid.items():
-            pts = []
-            for x in values:
-                shape = {**grid_base, axis: x}
-                pts.extend(
-                    run_case(
-                        f"scale-{axis}", shape, ["shifts_adam_token"], reps, args.threads, memory
-                    )
-                )
-            rows.extend(pts)
-            xs = [float(p["shape"][axis]) for p in pts]
-            scaling[axis] = {
-                impl + "_" + what: fit_exponent(xs, [float(p[f"{impl}_{key}"]) for p in pts])
-                for impl in ("naive", "fast")
-                for what, key in (("time_exp", "s"), ("mem_exp", "bytes"))
-                if all(p.get(f"{impl}_{key}") for p in pts)
-            }
-    sweep = []
-    if not args.only or "sweep" in args.only.split(","):
-        print(f"[sweep] {sweep_shape} chunks={sweep_chunks}", file=sys.stderr, flush=True)
-        sweep = chunk_sweep(sweep_shape, sweep_chunks, reps)
+    for axis, values in plan["grid"].items():
+        pts = []
+        for x in values:
+            shape = {**plan["grid_base"], axis: x}
+            pts.extend(
+                run_case(f"scale-{axis}", shape, ["shifts_adam_token"], reps, threads, memory)
+            )
+        rows.extend(pts)
+        xs = [float(p["shape"][axis]) for p in pts]
+        scaling[axis] = {
+            impl + "_" + what: fit_exponent(xs, [float(p[f"{impl}_{key}"]) for p in pts])
+            for impl in ("naive", "fast")
+            for what, key in (("time_exp", "s"), ("mem_exp", "bytes"))
+            if all(p.get(f"{impl}_{key}") for p in pts)
+        }
+    return scaling
 
-    growth_v, growth_h = 152064, 1024  # the paper's vocabulary (Qwen2.5), a 1024-wide head
-    growth = moments_growth(
-        growth_v, growth_h, [100, 1000, 8000] if args.quick else [1000, 8000, 32000]
-    )
+
+def report_text(
+    rows: list[dict], growth: list[dict], scaling: dict, sweep: list[dict], plan: dict
+) -> str:
+    """The printed table: per-case figures, moments growth, fitted exponents, chunk sweep."""
     text = table(rows)
     text += (
-        f"\n\nsparse Adam moments held after touching R rows (V = {growth_v}, H = {growth_h}):\n"
+        f"\n\nsparse Adam moments held after touching R rows (V = {GROWTH_V}, H = {GROWTH_H}):\n"
     )
     for gr in growth:
         text += (
@@ -290,16 +275,21 @@ def main(argv: list[str] | None = None) -> int:
         for axis, fits in scaling.items():
             text += f"  {axis}: " + ", ".join(f"{k}={v:.2f}" for k, v in fits.items()) + "\n"
     if sweep:
-        text += f"\nchunk sweep (fast shifts_adam_token at {sweep_shape}):\n"
+        text += f"\nchunk sweep (fast shifts_adam_token at {plan['sweep_shape']}):\n"
         for s in sweep:
             text += (
                 f"  chunk={s['chunk_tokens']:>5} tokens  block={s['block_MiB']:7.2f} MiB  "
                 f"{1e3 * s['time_s']:8.1f} ms  {s['ns_per_elem']:.3f} ns/(N·k·H)\n"
             )
-    meta = {
+    return text
+
+
+def run_meta(threads: int, reps: int) -> dict:
+    """When and where the benchmark ran."""
+    return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "threads": args.threads,
+        "threads": threads,
         "reps": reps,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
@@ -308,6 +298,48 @@ def main(argv: list[str] | None = None) -> int:
         "memory_method": "fresh subprocess per shape, MALLOC_MMAP_THRESHOLD_=65536, VmHWM-VmRSS",
         "lr": LR,
     }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, 1 repetition (CI smoke)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and table.txt")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per implementation")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--only", default=None, help="comma-separated case names to run")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return 0
+    torch.set_num_threads(args.threads)
+    reps = args.reps or (1 if args.quick else 3)
+    memory = not args.no_memory and sys.platform.startswith("linux")
+    plan = PLANS["quick" if args.quick else "full"]
+    only = set(args.only.split(",")) if args.only else None
+    rows: list[dict] = []
+    for name, shape, ops in plan["cases"]:
+        if only is None or name in only:
+            rows.extend(run_case(name, shape, ops, reps, args.threads, memory))
+    scaling = {}
+    if only is None or "scaling" in only:
+        scaling = scaling_fits(plan, reps, args.threads, memory, rows)
+    sweep = []
+    if only is None or "sweep" in only:
+        print(
+            f"[sweep] {plan['sweep_shape']} chunks={plan['sweep_chunks']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sweep = chunk_sweep(plan["sweep_shape"], plan["sweep_chunks"], reps)
+    growth = moments_growth(GROWTH_V, GROWTH_H, plan["growth_rows"])
+    text = report_text(rows, growth, scaling, sweep, plan)
+    meta = run_meta(args.threads, reps)
     header = (
         f"# CAPO benchmark {meta['date']}  torch {meta['torch']}  threads={args.threads}  "
         f"reps={reps} (median, interleaved)  load={meta['loadavg']}"
@@ -316,11 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps(
-                {"meta": meta, "rows": rows, "scaling": scaling, "chunk_sweep": sweep}, indent=1
-            )
-        )
+        payload = {"meta": meta, "rows": rows, "scaling": scaling, "chunk_sweep": sweep}
+        (args.out / "results.json").write_text(json.dumps(payload, indent=1))
         (args.out / "table.txt").write_text(header + "\n" + text)
     return 0
 
