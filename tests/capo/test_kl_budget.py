@@ -150,3 +150,37 @@ def test_last_layer_predicts_a_head_only_step_up_to_the_cubic_remainder(tmp_path
         assert rel <= 10.0 * math.sqrt(
             h[metrics.TRUE_KL]
         )  # relative remainder O(|Δz|) = O(sqrt KL)
+
+
+def measured_kl_over_budget(tmp_path, name: str, delta: float, **overrides) -> list[dict]:
+    tr = H.trainer(
+        str(tmp_path / name),
+        capo_enabled=False,
+        capo_log_true_kl=True,
+        max_steps=20,
+        learning_rate=1e-3,  # aggressive: the unbudgeted true KL is 3-90 x delta per step
+        optim="adamw_torch",
+        **overrides,
+    )
+    tr.train()
+    return kl_history(tr)
+
+
+@pytest.mark.slow
+def test_budget_holds_the_measured_kl_at_an_aggressive_lr(tmp_path):
+    """lookahead budget δ: measured KL <= 1.1 δ on >= 95% of steps (all with backtracking); without
+    the budget the same run exceeds δ on every step."""
+    delta = 1e-3
+    free = measured_kl_over_budget(tmp_path, "free", delta)
+    assert all(h[metrics.TRUE_KL] > delta for h in free)
+    budgeted = measured_kl_over_budget(tmp_path, "budget", delta, capo_kl_budget=delta)
+    ratios = [h[metrics.TRUE_KL] / delta for h in budgeted]
+    print(f"worst measured KL / budget: {max(ratios):.3f}")
+    assert sum(r <= 1.1 for r in ratios) >= 0.95 * len(ratios)
+    for h in budgeted:  # the quadratic rule: s² · KL̂ = δ whenever the step was scaled
+        assert h[metrics.KL_SCALE] < 1.0
+        assert h[metrics.KL_SCALE] ** 2 * h[metrics.KL_PREDICTED] == pytest.approx(delta)
+    backtracked = measured_kl_over_budget(
+        tmp_path, "backtrack", delta, capo_kl_budget=delta, capo_kl_backtrack=True
+    )
+    assert all(h[metrics.TRUE_KL] <= 1.1 * delta for h in backtracked)
