@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from capo import __version__
+from capo_app.checks import UsageError
 from capo_app.evaluation.cli import add_parser as add_eval_parser
 from capo_app.train import add_parser as add_train_parser
 
@@ -24,13 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code (2 with one ``capo: error:`` line on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except UsageError as error:
+        print(f"capo: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

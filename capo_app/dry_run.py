@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from capo.trainer import CAPOTrainer
+from capo_app.checks import UsageError, check_training
+from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_math_dataset, make_arithmetic_dataset
 from capo_app.recipe import (
     EMBEDDED_TINY,
     SYNTHETIC,
+    ScriptArguments,
     build_dataclasses,
     effective_method,
     resolve_values,
 )
+from capo_app.rewards import reward_functions
+from capo_app.tiny import TinyModelConfig, build_tiny_tokenizer, init_tiny_model, tiny_setup
 
 #: Settings swapped in for the stand-in trainer (CPU, no optional backends); the report uses the real ones.
 CPU_OVERRIDES: dict[str, Any] = {
@@ -47,8 +56,6 @@ _FAMILIES = (
 
 def real_model_config(name_or_path: str) -> Any | None:
     """The model's ``PretrainedConfig`` if it is available offline (a local folder or the HF cache), else None."""
-    from transformers import AutoConfig
-
     try:
         return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError, KeyError):
@@ -68,10 +75,6 @@ def model_family(name_or_path: str, config: Any | None) -> tuple[str, str]:
 
 def stand_in_model(model_type: str, tokenizer: Any, max_positions: int) -> tuple[Any, str]:
     """A 2-layer, 64-wide model of ``model_type`` on the tiny tokenizer's vocabulary (Qwen2 if that fails)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from capo_app.tiny import TinyModelConfig, init_tiny_model
-
     try:
         config = AutoConfig.for_model(
             model_type,
@@ -179,6 +182,109 @@ def _thresholds(values: dict[str, Any]) -> str:
     )
 
 
+@dataclass
+class StandIn:
+    """What the dry run built: the trainer class, the model family and how it was found, the data."""
+
+    trainer: str
+    family: str
+    found: str
+    dataset_note: str
+    warmup: int
+
+
+def _dataset_note(script_args: ScriptArguments) -> str:
+    name = script_args.dataset_name
+    if name == SYNTHETIC:
+        return "the synthetic arithmetic task"
+    if Path(name).exists():
+        sample = load_math_dataset(name, script_args.dataset_train_split, limit=4)
+        return f"local file {name} (columns check out on {len(sample)} rows)"
+    return f"{name} [{script_args.dataset_train_split}] from the Hugging Face Hub"
+
+
+def _stand_in(
+    values: dict[str, Any], script_args: ScriptArguments, config: Any, errors: list[str]
+) -> StandIn:
+    """Build ``CAPOTrainer`` on a stand-in model of the recipe's family; append the problems found to ``errors``."""
+    rewards = reward_functions(script_args.reward_funcs)
+    model_name = script_args.model_name_or_path
+    if model_name == EMBEDDED_TINY:
+        tiny_setup(script_args.synthetic_task)  # validates the synthetic task preset
+    real_config = None if model_name == EMBEDDED_TINY else real_model_config(model_name)
+    looks_local = model_name.startswith((".", "/", "~")) or Path(model_name).exists()
+    if looks_local and real_config is None:
+        errors.append(f"model folder {model_name} has no readable config.json")
+    family, found = (
+        ("qwen2", "embedded")
+        if model_name == EMBEDDED_TINY
+        else model_family(model_name, real_config)
+    )
+    max_prompt, max_completion = _lengths(values)
+    real_positions = getattr(real_config, "max_position_embeddings", None)
+    if real_positions is not None and max_prompt + max_completion > int(real_positions):
+        errors.append(
+            f"prompt {max_prompt} + completion {max_completion} exceeds the model's {real_positions}"
+        )
+    tokenizer = build_tiny_tokenizer(model_max_length=max_prompt + max_completion)
+    model, family = stand_in_model(family, tokenizer, max_prompt + max_completion)
+    tiny_frame = model_name == EMBEDDED_TINY and script_args.dataset_name == SYNTHETIC
+    samples = make_arithmetic_dataset(
+        16, "train", seed=0, prompt_format=TINY_PROMPT if tiny_frame else MATH_PROMPT
+    )
+    trainer = CAPOTrainer(
+        model=model,
+        reward_funcs=rewards,
+        args=config,
+        train_dataset=samples,
+        processing_class=tokenizer,
+    )
+    steps = int(values.get("max_steps") or -1)
+    warmup = config.get_warmup_steps(steps) if steps > 0 else 0
+    return StandIn(type(trainer).__name__, family, found, _dataset_note(script_args), warmup)
+
+
+def _lengths(values: dict[str, Any]) -> tuple[int, int]:
+    """``(max prompt, max completion)`` tokens of the recipe."""
+    return int(values.get("max_prompt_length") or 512), int(
+        values.get("max_completion_length") or 256
+    )
+
+
+def _paragraph(values: dict[str, Any], numbers: dict[str, int], built: StandIn, method: str) -> str:
+    """The one paragraph on what the real run would do."""
+    steps = int(values.get("max_steps") or -1)
+    steps_text = f"{steps} optimizer steps" if steps > 0 else "one epoch"
+    total = (
+        f" ({steps * numbers['completions_per_step']:,} completions in all)" if steps > 0 else ""
+    )
+    max_prompt, max_completion = _lengths(values)
+    return (
+        f"Dry run OK: {built.trainer} was built on a 2-layer {built.family} stand-in model with the offline tiny "
+        f"tokenizer and 16 synthetic prompts; nothing was downloaded. The real run trains {method} "
+        f"({values.get('capo_variant')} objective; {_thresholds(values)}) on {values['model_name_or_path']} "
+        f"({built.family}, {built.found}) with {built.dataset_note}, on {numbers['processes']} GPU process(es): "
+        f"{values['per_device_train_batch_size']} per device x {numbers['processes']} x "
+        f"{values['gradient_accumulation_steps']} accumulation = {numbers['completions_per_step']} completions "
+        f"({numbers['prompts_per_step']} prompts x G {values.get('num_generations')}) per optimizer step, "
+        f"{steps_text}{total}; lr {values['learning_rate']:g} with a {values.get('lr_scheduler_type')} schedule "
+        f"and {built.warmup} warm-up step(s), beta {values.get('beta')}, temperature {values.get('temperature')}, "
+        f"prompts up to {max_prompt} and completions up to {max_completion} tokens, "
+        f"{'bf16' if values.get('bf16') else 'fp32'}; generation by {_generation_backend(values)}; "
+        f"output in {values.get('output_dir')}."
+    )
+
+
+def _launch_line(argv: Sequence[str], processes: int) -> str:
+    rest = " ".join(a for a in argv if a not in ("--dry-run", "--dry_run"))
+    if processes > 1:
+        return (
+            "Launch: accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes "
+            f"{processes} -m capo_app train {rest}"
+        )
+    return f"Launch: capo train {rest}"
+
+
 def dry_run(argv: Sequence[str]) -> int:
     """Validate the recipe given by ``argv`` (the arguments after ``capo train``); see the module docstring.
 
@@ -186,100 +292,30 @@ def dry_run(argv: Sequence[str]) -> int:
         argv: Command-line arguments (``--config``, overrides, ``--dry-run``).
 
     Returns:
-        0 if the recipe is valid, 1 otherwise.
-    """
-    from capo.trainer import CAPOTrainer
-    from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_math_dataset, make_arithmetic_dataset
-    from capo_app.tiny import build_tiny_tokenizer
-    from capo_app.train import reward_functions, tiny_setup
+        0 if the recipe is valid; 1 after listing its problems (and no "OK") otherwise.
 
+    Raises:
+        UsageError: When the configuration itself is invalid (it cannot even be built).
+    """
     values = resolve_values(argv)
     numbers, errors, notes = batch_arithmetic(values)
-    model_name = str(values["model_name_or_path"])
-    dataset_name = str(values["dataset_name"])
     with tempfile.TemporaryDirectory(prefix="capo-dry-run-") as tmp:
         try:
             script_args, config = build_dataclasses({**values, **CPU_OVERRIDES, "output_dir": tmp})
         except ValueError as error:
-            print(f"capo train --dry-run: invalid configuration: {error}")
-            return 1
-        rewards = reward_functions(script_args.reward_funcs)
-        if script_args.model_name_or_path == EMBEDDED_TINY:
-            tiny_setup(script_args, config)  # validates the synthetic task preset
-        real_config = None if model_name == EMBEDDED_TINY else real_model_config(model_name)
-        looks_local = model_name.startswith((".", "/", "~")) or Path(model_name).exists()
-        if looks_local and real_config is None:
-            errors.append(f"model folder {model_name} has no readable config.json")
-        family, found = (
-            ("qwen2", "embedded")
-            if model_name == EMBEDDED_TINY
-            else model_family(model_name, real_config)
-        )
-        max_completion = int(values.get("max_completion_length") or 256)
-        max_prompt = int(values.get("max_prompt_length") or 512)
-        real_positions = getattr(real_config, "max_position_embeddings", None)
-        if real_positions is not None and max_prompt + max_completion > int(real_positions):
-            errors.append(
-                f"prompt {max_prompt} + completion {max_completion} exceeds the model's {real_positions}"
-            )
-        tokenizer = build_tiny_tokenizer(model_max_length=max_prompt + max_completion)
-        model, family = stand_in_model(family, tokenizer, max_prompt + max_completion)
-        dataset_note = "the synthetic arithmetic task"
-        if dataset_name != SYNTHETIC:
-            if Path(dataset_name).exists():
-                sample = load_math_dataset(dataset_name, script_args.dataset_train_split, limit=4)
-                dataset_note = (
-                    f"local file {dataset_name} (columns check out on {len(sample)} rows)"
-                )
-            else:
-                dataset_note = (
-                    f"{dataset_name} [{script_args.dataset_train_split}] from the Hugging Face Hub"
-                )
-        fmt = (
-            TINY_PROMPT
-            if model_name == EMBEDDED_TINY and dataset_name == SYNTHETIC
-            else MATH_PROMPT
-        )
-        samples = make_arithmetic_dataset(16, "train", seed=0, prompt_format=fmt)
-        trainer = CAPOTrainer(
-            model=model,
-            reward_funcs=rewards,
-            args=config,
-            train_dataset=samples,
-            processing_class=tokenizer,
-        )
-        built = type(trainer).__name__
-        steps = int(values.get("max_steps") or -1)
-        warmup = config.get_warmup_steps(steps) if steps > 0 else 0
-    method = effective_method(config).label
-    steps_text = f"{steps} optimizer steps" if steps > 0 else "one epoch"
-    total = (
-        f" ({steps * numbers['completions_per_step']:,} completions in all)" if steps > 0 else ""
-    )
-    paragraph = (
-        f"Dry run OK: {built} was built on a 2-layer {family} stand-in model with the offline tiny tokenizer and "
-        f"16 synthetic prompts; nothing was downloaded. The real run trains {method} "
-        f"({values.get('capo_variant')} objective; {_thresholds(values)}) on {model_name} ({family}, "
-        f"{found}) with {dataset_note}, on {numbers['processes']} GPU process(es): "
-        f"{values['per_device_train_batch_size']} per device x {numbers['processes']} x "
-        f"{values['gradient_accumulation_steps']} accumulation = {numbers['completions_per_step']} completions "
-        f"({numbers['prompts_per_step']} prompts x G {values.get('num_generations')}) per optimizer step, "
-        f"{steps_text}{total}; lr {values['learning_rate']:g} with a {values.get('lr_scheduler_type')} schedule "
-        f"and {warmup} warm-up step(s), beta {values.get('beta')}, temperature {values.get('temperature')}, "
-        f"prompts up to {max_prompt} and completions up to {max_completion} tokens, "
-        f"{'bf16' if values.get('bf16') else 'fp32'}; generation by {_generation_backend(values)}; "
-        f"output in {values.get('output_dir')}."
-    )
-    print(paragraph)
-    n = numbers["processes"]
-    launcher = "zero2.yaml" if n > 1 else "(none: single process)"
-    print(f"Launch: accelerate launch --config_file recipes/accelerate/{launcher} --num_processes {n} -m capo_app train "
-          f"{' '.join(a for a in argv if a not in ('--dry-run', '--dry_run'))}" if n > 1 else
-          f"Launch: capo train {' '.join(a for a in argv if a not in ('--dry-run', '--dry_run'))}")  # fmt: skip
+            raise UsageError(f"invalid configuration: {error}") from error
+        try:
+            check_training(script_args, config)
+        except UsageError as error:
+            errors.append(str(error))
+        built = _stand_in(values, script_args, config, errors)
     for note in notes:
         print(f"note: {note}")
     if errors:
+        print(f"Dry run found {len(errors)} problem(s); the recipe would not run as written:")
         for problem in errors:
             print(f"error: {problem}")
         return 1
+    print(_paragraph(values, numbers, built, effective_method(config).label))
+    print(_launch_line(argv, numbers["processes"]))
     return 0

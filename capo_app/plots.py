@@ -1,12 +1,13 @@
 """PNG plots of a ``capo train`` run (matplotlib, Agg backend): accuracy/reward, rejection rate, m_H/m_F, KL.
 
-Every function takes the per-step records of :mod:`capo_app.report` and writes one PNG, returning its path, or
+:func:`plot_log` draws them all from a run's log. Every other function takes the per-step records of :mod:`capo_app.report` and writes one PNG, returning its path, or
 None when the metrics it needs were not logged. Curves are drawn raw (thin) with an exponential moving average
 on top, as in the paper's figures.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from capo_app.report import (
     REJECTION_HESSIAN,
     REWARD,
     TRUE_KL,
+    curvature_keys,
     series,
 )
+from capo_app.run_folder import PLOT_FILES
 
 Records = Sequence[Mapping[str, Any]]
 _COLORS = {
@@ -263,3 +266,39 @@ def true_kl(history: Records, global_mf_key: str | None, path: Path, title: str)
     )
     ax.legend(fontsize=9)
     return _save(fig, path, title)
+
+
+def plot_log(
+    log: Mapping[str, Any],
+    output_dir: str | os.PathLike[str],
+    thresholds: Mapping[str, float | None] | None = None,
+) -> list[Path]:
+    """Draw the run's PNG plots from a log object (see the module docstring).
+
+    Args:
+        log: The log (``history``, ``test_accuracy``, ``summary``).
+        output_dir: Folder for the PNG files.
+        thresholds: ``hessian_low`` / ``hessian_high`` / ``fisher_max`` drawn as dashed lines (default: the
+            ones in ``log["run"]`` when present).
+
+    Returns:
+        The files written: ``accuracy_reward.png``, ``rejection_rate.png`` and ``curvature.png`` when their
+        metrics were logged, ``true_kl.png`` when the true KL was.
+    """
+    history = list(log.get("history", []))
+    run = dict(log.get("run", {}))
+    if thresholds is None:
+        thresholds = {k: run.get(k) for k in ("hessian_low", "hessian_high", "fisher_max")}
+    title = run.get("title") or (log.get("summary") or {}).get("method") or "capo train"
+    accuracy_png, rejection_png, curvature_png, kl_png = PLOT_FILES
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [
+        accuracy_reward(history, list(log.get("test_accuracy", [])), folder / accuracy_png, title),
+        rejection_rate(history, folder / rejection_png, title),
+        curvature(
+            history, curvature_keys(history), folder / curvature_png, title, dict(thresholds)
+        ),
+        true_kl(history, curvature_keys(history)["global"].get("m_F"), folder / kl_png, title),
+    ]
+    return [p for p in written if p is not None]

@@ -102,6 +102,8 @@ class ScriptArguments:
         completions_per_step: The completions per optimizer step the recipe declares.
         plots: Write PNG plots.
         cpu_threads: torch intra-op threads on CPU.
+        overwrite_output_dir: Replace the run an existing output folder holds.
+        resume_without_capo_state: Resume from a named checkpoint that lacks the CAPO state.
         dry_run: Validate the recipe on a tiny stand-in model, then exit.
     """
 
@@ -194,6 +196,20 @@ class ScriptArguments:
             "help": "torch intra-op threads on CPU (None: torch's default). 1 suits tiny models."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the run an existing output_dir holds (its model, log, plots, checkpoints and "
+            "evaluations are removed first); without it such a folder is refused."
+        },
+    )
+    resume_without_capo_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a --resume_from_checkpoint that lacks the CAPO state (a run killed while "
+            "saving it): the CAPO moments restart from zero. Without it such a checkpoint is refused."
+        },
+    )
     dry_run: bool = field(
         default=False,
         metadata={
@@ -258,6 +274,15 @@ def layered_defaults(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], st
     return defaults, rest, known.config
 
 
+def recipe_parser() -> Any:
+    """TRL's ``TrlParser`` over ``ScriptArguments`` and ``CAPOConfig`` (``capo train --help-all`` prints it)."""
+    from trl import TrlParser  # TRL only when a recipe is parsed: `capo --help` stays fast
+
+    from capo.config import CAPOConfig
+
+    return TrlParser(cast(Any, (ScriptArguments, CAPOConfig)), prog="capo train")
+
+
 def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Resolve every field of a ``capo train`` command line without building the dataclasses.
 
@@ -271,12 +296,8 @@ def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Raises:
         ValueError: On an unknown key in the recipe or an unknown method.
     """
-    from trl import TrlParser
-
-    from capo.config import CAPOConfig
-
     defaults, rest, config_path = layered_defaults(list(argv or []))
-    parser = TrlParser(cast(Any, (ScriptArguments, CAPOConfig)), prog="capo train")
+    parser = recipe_parser()
     unknown = parser.set_defaults_with_config(**defaults)
     if unknown:
         keys = sorted(k[2:] for k in unknown[::2])

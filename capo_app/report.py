@@ -9,7 +9,7 @@ The log is one JSON object::
 
 ``history`` holds every metric TRL logged at every logging step (TRL's and CAPOTrainer's metric stream: the
 same numbers TensorBoard / W&B would receive). Non-finite numbers are written as ``null``. The plots read only
-this object, so they can be redrawn from a saved ``log.json`` with :func:`plot_log`.
+this object, so they can be redrawn from a saved ``log.json`` with :func:`capo_app.plots.plot_log`.
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ def summarize(
 _ROWS = (
     ("method", "method", "{}"),
     ("optimizer steps", "steps", "{}"),
+    ("resumed at", "resumed_from", "{}"),
     ("completions", "completions", "{:,}"),
     ("test accuracy before", "test_accuracy_before", "{:.1%}"),
     ("test accuracy after", "test_accuracy_after", "{:.1%}"),
@@ -241,44 +242,3 @@ def write_log(path: str | os.PathLike[str], log: Mapping[str, Any]) -> Path:
 def read_log(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``log.json`` written by :func:`write_log`."""
     return dict(json.loads(Path(path).read_text()))
-
-
-def plot_log(
-    log: Mapping[str, Any],
-    output_dir: str | os.PathLike[str],
-    thresholds: Mapping[str, float | None] | None = None,
-) -> list[Path]:
-    """Draw the run's PNG plots from a log object (see the module docstring).
-
-    Args:
-        log: The log (``history``, ``test_accuracy``, ``summary``).
-        output_dir: Folder for the PNG files.
-        thresholds: ``hessian_low`` / ``hessian_high`` / ``fisher_max`` drawn as dashed lines (default: the
-            ones in ``log["run"]`` when present).
-
-    Returns:
-        The files written: ``accuracy_reward.png``, ``rejection_rate.png`` and ``curvature.png`` when their
-        metrics were logged, ``true_kl.png`` when the true KL was.
-    """
-    from capo_app import plots
-
-    history = list(log.get("history", []))
-    run = dict(log.get("run", {}))
-    if thresholds is None:
-        thresholds = {k: run.get(k) for k in ("hessian_low", "hessian_high", "fisher_max")}
-    title = run.get("title") or (log.get("summary") or {}).get("method") or "capo train"
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [
-        plots.accuracy_reward(
-            history, list(log.get("test_accuracy", [])), folder / "accuracy_reward.png", title
-        ),
-        plots.rejection_rate(history, folder / "rejection_rate.png", title),
-        plots.curvature(
-            history, curvature_keys(history), folder / "curvature.png", title, dict(thresholds)
-        ),
-        plots.true_kl(
-            history, curvature_keys(history)["global"].get("m_F"), folder / "true_kl.png", title
-        ),
-    ]
-    return [p for p in written if p is not None]

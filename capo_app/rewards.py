@@ -30,6 +30,7 @@ from latex2sympy2_extended import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
+from capo_app.checks import UsageError
 from capo_app.data.boxed import last_boxed
 from capo_app.data.prompts import completion_text
 
@@ -176,3 +177,24 @@ def boxed_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float
         One reward per completion.
     """
     return [float(last_boxed(completion_text(c)) is not None) for c in completions]
+
+
+#: The reward functions ``capo train --reward_funcs`` names.
+REWARD_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "accuracy": accuracy_reward,
+    "boxed_format": boxed_format_reward,
+}
+
+
+def reward_functions(names: Sequence[str]) -> list[Callable[..., Any]]:
+    """Resolve reward names (:data:`REWARD_FUNCTIONS`) to TRL reward functions.
+
+    Raises:
+        UsageError: Naming the choices when a name is unknown.
+    """
+    unknown = [n for n in names if n not in REWARD_FUNCTIONS]
+    if unknown:
+        raise UsageError(
+            f"unknown reward functions {unknown}; choose from {', '.join(REWARD_FUNCTIONS)}"
+        )
+    return [REWARD_FUNCTIONS[n] for n in names]

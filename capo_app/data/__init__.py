@@ -17,6 +17,8 @@ from capo_app.data.prompts import (
     TINY_PROMPT,
     PromptFormat,
     completion_text,
+    load_prompt_format,
+    save_prompt_format,
 )
 from capo_app.data.synthetic import (
     EASY,
@@ -52,7 +54,9 @@ __all__ = [
     "last_boxed",
     "load_dataset_arguments",
     "load_math_dataset",
+    "load_prompt_format",
     "make_arithmetic_dataset",
+    "save_prompt_format",
     "solve",
     "standardize_math_dataset",
 ]

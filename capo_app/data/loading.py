@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 
+from capo_app.checks import UsageError, check_json_records, looks_local
 from capo_app.data.boxed import last_boxed
 from capo_app.data.prompts import MATH_PROMPT, PromptFormat
 
@@ -65,6 +67,32 @@ def load_dataset_arguments(
     return args, {"split": split}
 
 
+def load_raw(
+    name_or_path: str | Path, split: str, config_name: str | None = None
+) -> datasets.Dataset:
+    """``datasets.load_dataset`` of a local file / folder or a hub name, as one split.
+
+    Raises:
+        UsageError: In one line, naming the file (and the line of a malformed JSON record), when the data
+            cannot be read.
+    """
+    path = Path(name_or_path)
+    if not path.exists() and (path.suffix.lower() in _FILE_BUILDERS or looks_local(str(path))):
+        raise UsageError(f"{path}: no such file")
+    if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
+        check_json_records(path)
+    args, kwargs = load_dataset_arguments(name_or_path, split, config_name)
+    try:
+        raw = datasets.load_dataset(*args, **kwargs)
+    except (OSError, ValueError, DatasetGenerationError) as error:
+        cause = error.__cause__ or error
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise UsageError(f"cannot read {name_or_path} [{split}]: {reason}") from error
+    if not isinstance(raw, datasets.Dataset):
+        raise UsageError(f"{name_or_path} [{split}] is not one split but a {type(raw).__name__}")
+    return raw
+
+
 def _pick(
     columns: Sequence[str], requested: str | None, candidates: Sequence[str], role: str
 ) -> str | None:
@@ -109,6 +137,30 @@ def gold_from_answer(value: Any, answer_format: AnswerFormat = "auto") -> str:
     return text
 
 
+def _source_columns(
+    columns: list[str],
+    question_column: str | None,
+    answer_column: str | None,
+    solution_column: str | None,
+    source: str,
+) -> tuple[str, str | None, str | None]:
+    """The ``(question, answer, solution)`` columns of a dataset: the requested ones, else the first known names."""
+    question_col = _pick(columns, question_column, QUESTION_COLUMNS, "question")
+    answer_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer")
+    solution_col = _pick(columns, solution_column, SOLUTION_COLUMNS, "solution")
+    if question_col is None:
+        raise UsageError(
+            f"{source}: no question column: looked for {list(QUESTION_COLUMNS)} among the columns {columns}; rename the "
+            "column that holds the problems to one of them"
+        )
+    if answer_col is None and solution_col is None:
+        raise UsageError(
+            f"{source}: no answer or solution column: looked for {list(ANSWER_COLUMNS)} and {list(SOLUTION_COLUMNS)} among "
+            f"the columns {columns}; rename the gold-answer column to one of them"
+        )
+    return question_col, answer_col, solution_col
+
+
 def standardize_math_dataset(
     dataset: datasets.Dataset,
     *,
@@ -118,6 +170,7 @@ def standardize_math_dataset(
     answer_format: AnswerFormat = "auto",
     prompt_format: PromptFormat = MATH_PROMPT,
     keep_columns: Sequence[str] = (),
+    source: str = "the dataset",
 ) -> datasets.Dataset:
     r"""Map any question/answer dataset to the columns ``prompt``, ``question``, ``answer``, ``solution``.
 
@@ -130,26 +183,18 @@ def standardize_math_dataset(
         answer_format: How to read the answer column (see :func:`gold_from_answer`).
         prompt_format: How questions become prompts.
         keep_columns: Extra source columns to keep (e.g. ``"level"``, ``"type"``).
+        source: Where the data came from, for the error messages.
 
     Returns:
         The standardised dataset.
 
     Raises:
-        ValueError: If the question column, or both the answer and the solution column, are missing.
+        UsageError: If the question column, or both the answer and the solution column, are missing.
     """
     columns = list(dataset.column_names)
-    question_col = _pick(columns, question_column, QUESTION_COLUMNS, "question")
-    answer_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer")
-    solution_col = _pick(columns, solution_column, SOLUTION_COLUMNS, "solution")
-    if question_col is None:
-        raise ValueError(
-            f"no question column: pass question_column=...; looked for {list(QUESTION_COLUMNS)} in {columns}"
-        )
-    if answer_col is None and solution_col is None:
-        raise ValueError(
-            "no answer or solution column: pass answer_column=... or solution_column=...; looked for "
-            f"{list(ANSWER_COLUMNS)} and {list(SOLUTION_COLUMNS)} in {columns}"
-        )
+    question_col, answer_col, solution_col = _source_columns(
+        columns, question_column, answer_column, solution_column, source
+    )
     missing = [c for c in keep_columns if c not in columns]
     if missing:
         raise ValueError(f"keep_columns {missing} not found; the dataset has columns {columns}")
@@ -207,10 +252,7 @@ def load_math_dataset(
     Returns:
         A dataset with columns ``prompt``, ``question``, ``answer``, ``solution`` (plus ``keep_columns``).
     """
-    args, kwargs = load_dataset_arguments(name_or_path, split, config_name)
-    raw = datasets.load_dataset(*args, **kwargs)
-    if not isinstance(raw, datasets.Dataset):
-        raise TypeError(f"expected a Dataset for split {split!r}, got {type(raw).__name__}")
+    raw = load_raw(name_or_path, split, config_name)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
     return standardize_math_dataset(
@@ -221,4 +263,5 @@ def load_math_dataset(
         answer_format=answer_format,
         prompt_format=prompt_format,
         keep_columns=keep_columns,
+        source=str(name_or_path),
     )

@@ -7,8 +7,13 @@ with the tokenizer's chat template (``add_generation_prompt=True``) and completi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from capo_app.run_folder import PROMPT_FILE
 
 #: The instruction Qwen2.5-Math is trained with; appended to MATH-style questions.
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -62,6 +67,22 @@ MATH_PROMPT = PromptFormat()
 TINY_PROMPT = PromptFormat(conversational=False, template=TINY_PLAIN_TEMPLATE)
 #: The same text as :data:`TINY_PROMPT`, as a conversation rendered by the tiny tokenizer's chat template.
 TINY_CHAT_PROMPT = PromptFormat(conversational=True, template="{question}")
+
+
+def save_prompt_format(prompt_format: PromptFormat, folder: str | os.PathLike[str]) -> Path:
+    """Write how a model was prompted into its folder (:data:`capo_app.run_folder.PROMPT_FILE`)."""
+    path = Path(folder) / PROMPT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(prompt_format), indent=2) + "\n")
+    return path
+
+
+def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
+    """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none."""
+    path = Path(folder) / PROMPT_FILE
+    if not path.is_file():
+        return None
+    return PromptFormat(**json.loads(path.read_text()))
 
 
 def completion_text(completion: Any) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import datasets
 
-from capo_app.data.loading import load_dataset_arguments, standardize_math_dataset
+from capo_app.data.loading import load_raw, standardize_math_dataset
 from capo_app.data.prompts import BOXED_INSTRUCTION, MATH_PROMPT, PromptFormat
 from capo_app.evaluation.registry import Benchmark
 
@@ -54,10 +54,7 @@ def load_benchmark(
     Returns:
         The standardised dataset.
     """
-    args, kwargs = load_dataset_arguments(benchmark.path, benchmark.split, benchmark.config_name)
-    raw = datasets.load_dataset(*args, **kwargs)
-    if not isinstance(raw, datasets.Dataset):
-        raise TypeError(f"expected a Dataset for {benchmark.name}, got {type(raw).__name__}")
+    raw = load_raw(benchmark.path, benchmark.split, benchmark.config_name)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
     if benchmark.choice_columns is not None:
@@ -73,6 +70,7 @@ def load_benchmark(
             answer_column="mc_answer",
             answer_format="plain",
             prompt_format=prompt_format,
+            source=benchmark.path,
         )
     return standardize_math_dataset(
         raw,
@@ -80,4 +78,5 @@ def load_benchmark(
         answer_column=benchmark.answer_column,
         answer_format=benchmark.answer_format,
         prompt_format=prompt_format,
+        source=benchmark.path,
     )

@@ -1,7 +1,9 @@
 """``capo eval``: pass@1 of a model on the paper's benchmarks or local files.
 
-Heavy imports (datasets, transformers, math-verify) happen in the handler, so registering the sub-command
-keeps ``capo --help`` light.
+A model trained by ``capo train`` is prompted as it was trained (its folder holds the prompt format), and its
+results go into its folder (``MODEL/capo_eval``) unless ``--output`` says otherwise; an earlier result is never
+overwritten without ``--overwrite``. Heavy imports (datasets, transformers, math-verify) happen in the handler, so
+registering the sub-command keeps ``capo --help`` light.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from capo_app.checks import UsageError, check_evaluation
 from capo_app.evaluation.registry import BENCHMARKS
+from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE, PROMPT_FILE
 
 if TYPE_CHECKING:
     from capo_app.data.prompts import PromptFormat
+
+_SETTINGS = ("model", "benchmarks", "max_new_tokens", "n_samples", "temperature", "top_p", "backend",
+             "seed", "limit")  # fmt: skip
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,11 +52,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="first N problems of each benchmark"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="capo_eval", help="folder for eval_results.json")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"folder for {EVAL_RESULTS_FILE} (default: MODEL/{EVAL_DIR} for a local model, "
+        f"./{EVAL_DIR}/ORG--NAME for a hub id)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace an existing {EVAL_RESULTS_FILE}"
+    )
     parser.add_argument(
         "--prompt-template",
         default=None,
-        help="prompt text in which {question} is replaced; default: the boxed instruction (or the tiny model's frame)",
+        help="prompt text in which {question} is replaced; default: as the model was trained (capo train "
+        "writes it into its output), else the boxed instruction (or the tiny model's frame)",
     )
     parser.add_argument(
         "--plain", action="store_true", help="plain-text prompts instead of the chat template"
@@ -60,61 +76,82 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _prompt_format(args: argparse.Namespace) -> PromptFormat:
-    from capo_app.data.prompts import MATH_PROMPT, TINY_CHAT_PROMPT, PromptFormat
+def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
+    """``(format, where it came from)``: as trained when the model folder says, else from the options."""
+    from capo_app.data.prompts import (
+        MATH_PROMPT,
+        TINY_CHAT_PROMPT,
+        PromptFormat,
+        load_prompt_format,
+    )
     from capo_app.tiny.build import is_tiny_model_dir
 
-    default = TINY_CHAT_PROMPT if is_tiny_model_dir(args.model) else MATH_PROMPT
+    saved = load_prompt_format(args.model)
+    custom = args.prompt_template is not None or args.plain or args.system_prompt is not None
+    if saved is not None and not custom:
+        return saved, f"as trained ({Path(args.model) / PROMPT_FILE})"
+    default = saved or (TINY_CHAT_PROMPT if is_tiny_model_dir(args.model) else MATH_PROMPT)
     template = args.prompt_template or default.template
     if args.plain:
-        return PromptFormat(conversational=False, template=template)
-    return PromptFormat(conversational=True, template=template, system_prompt=args.system_prompt)
+        return PromptFormat(conversational=False, template=template), "options"
+    return PromptFormat(
+        conversational=True, template=template, system_prompt=args.system_prompt
+    ), "options"
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """Where the results go; refuses a folder holding an earlier result unless ``--overwrite``."""
+    if args.output is not None:
+        folder = Path(args.output)
+    elif Path(args.model).is_dir():
+        folder = Path(args.model) / EVAL_DIR
+    else:
+        folder = Path(EVAL_DIR) / args.model.replace("/", "--")
+    if (folder / EVAL_RESULTS_FILE).exists() and not args.overwrite:
+        raise UsageError(
+            f"{folder / EVAL_RESULTS_FILE} holds an earlier evaluation; pass --output DIR for another folder or "
+            "--overwrite to replace it"
+        )
+    return folder
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Run ``capo eval``; returns the exit code."""
+    """Run ``capo eval``; returns the exit code.
+
+    Raises:
+        UsageError: On bad options, a model that cannot be loaded, or unreadable benchmark files.
+    """
+    check_evaluation(args)
+    folder = output_dir(args)
+    fmt, fmt_source = prompt_format(args)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from capo_app.evaluation.pass_at_1 import evaluate_benchmarks, format_table, write_results
 
-    prompt_format = _prompt_format(args)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model) if args.backend == "hf" else args.model
-    results = evaluate_benchmarks(
-        model,
-        tokenizer,
-        args.benchmarks,
-        prompt_format=prompt_format,
-        backend=args.backend,
-        max_new_tokens=args.max_new_tokens,
-        n_samples=args.n_samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    settings = {
-        key: getattr(args, key)
-        for key in (
-            "model",
-            "benchmarks",
-            "max_new_tokens",
-            "n_samples",
-            "temperature",
-            "top_p",
-            "backend",
-            "seed",
-            "limit",
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = (
+            AutoModelForCausalLM.from_pretrained(args.model) if args.backend == "hf" else args.model
         )
-    }
+    except OSError as error:
+        raise UsageError(
+            f"cannot load model {args.model}: {str(error).strip().splitlines()[0]}"
+        ) from error
+    results = evaluate_benchmarks(
+        model, tokenizer, args.benchmarks, prompt_format=fmt, backend=args.backend,
+        max_new_tokens=args.max_new_tokens, n_samples=args.n_samples, temperature=args.temperature,
+        top_p=args.top_p, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    settings: dict[str, Any] = {key: getattr(args, key) for key in _SETTINGS}
     settings["prompt_format"] = {
-        "conversational": prompt_format.conversational,
-        "template": prompt_format.template,
-        "system_prompt": prompt_format.system_prompt,
+        "conversational": fmt.conversational,
+        "template": fmt.template,
+        "system_prompt": fmt.system_prompt,
+        "source": fmt_source,
     }
-    path = write_results(results, Path(args.output), settings)
+    path = write_results(results, folder, settings)
+    print(f"prompt format: {fmt_source}")
     print(format_table(results))
     print(f"wrote {path}")
     return 0

@@ -72,40 +72,48 @@ def generate_hf(
         raise ValueError("the tokenizer needs a pad token for batched generation")
     texts = render_prompts(tokenizer, prompts)
     plain = all(isinstance(p, str) for p in prompts)
-    was_training = model.training
+    sampling: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_return_sequences": n_samples}
+    sampling["do_sample"] = temperature > 0
+    if temperature > 0:
+        sampling.update(temperature=temperature, top_p=top_p, top_k=0)
+    was_training, old_side = model.training, tokenizer.padding_side
     model.eval()
-    old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
     outputs: list[list[str]] = []
     try:
         batches = range(0, len(texts), batch_size)
         for start in tqdm(batches, desc=description, disable=not progress, leave=False):
-            chunk = texts[start : start + batch_size]
-            encoded = tokenizer(
-                chunk, return_tensors="pt", padding=True, add_special_tokens=plain
-            ).to(device)
-            generated = model.generate(  # type: ignore[operator]
-                **encoded,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n_samples,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **sampling,
+            decoded = _generate_batch(
+                model, tokenizer, texts[start : start + batch_size], plain, sampling
             )
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            outputs.extend(decoded[i * n_samples : (i + 1) * n_samples] for i in range(len(chunk)))
+            outputs.extend(decoded[i : i + n_samples] for i in range(0, len(decoded), n_samples))
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)
     return outputs
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    plain: bool,
+    sampling: dict[str, Any],
+) -> list[str]:
+    """Generate for one left-padded batch; returns the completion texts, ``num_return_sequences`` per prompt."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=plain).to(
+        device
+    )
+    generated = model.generate(  # type: ignore[operator]
+        **encoded,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+    new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+    return list(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
 
 
 def vllm_available() -> bool:

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from capo_app.data.prompts import PromptFormat
 from capo_app.evaluation.benchmarks import load_benchmark
 from capo_app.evaluation.generation import Prompt, generate_hf, generate_vllm
-from capo_app.evaluation.registry import resolve_benchmark
+from capo_app.evaluation.registry import resolve_benchmark, unique_names
 from capo_app.rewards import score_answer
+from capo_app.run_folder import EVAL_RESULTS_FILE
 
 Backend = Literal["hf", "vllm"]
 Generator = Callable[[Sequence[Prompt]], list[list[str]]]
@@ -85,6 +86,28 @@ def score_completions(
     return BenchmarkResult(name, pass_at_1, len(dataset), len(per_problem), n_samples, records)
 
 
+def _generator(
+    model: PreTrainedModel | str,
+    tokenizer: PreTrainedTokenizerBase,
+    backend: Backend,
+    sampling: dict[str, Any],
+    batch_size: int,
+    progress: bool,
+) -> Generator:
+    """The function that samples completions for a list of prompts with the chosen backend."""
+    if backend == "vllm":
+        if not isinstance(model, str):
+            raise ValueError("the vllm backend needs a model path, not a loaded model")
+        model_path = model
+        return lambda prompts: generate_vllm(model_path, tokenizer, prompts, **sampling)
+    if backend != "hf":
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    hf_model = AutoModelForCausalLM.from_pretrained(model) if isinstance(model, str) else model
+    return lambda prompts: generate_hf(
+        hf_model, tokenizer, prompts, batch_size=batch_size, progress=progress, **sampling
+    )
+
+
 def evaluate_benchmarks(
     model: PreTrainedModel | str,
     tokenizer: PreTrainedTokenizerBase,
@@ -106,7 +129,7 @@ def evaluate_benchmarks(
     Args:
         model: A loaded model (hf backend) or a model path (either backend; hf loads it itself).
         tokenizer: The model's tokenizer.
-        benchmarks: Names (see :data:`capo_app.evaluation.benchmarks.BENCHMARKS`) or local files.
+        benchmarks: Names (see :data:`capo_app.evaluation.registry.BENCHMARKS`) or local files.
         prompt_format: How questions become prompts.
         backend: ``"hf"`` (``model.generate``) or ``"vllm"``.
         max_new_tokens: Completion length limit.
@@ -119,38 +142,18 @@ def evaluate_benchmarks(
         progress: Show progress bars.
 
     Returns:
-        One result per benchmark, in order.
+        One result per benchmark, in order, each named uniquely (:func:`capo_app.evaluation.registry.unique_names`).
     """
-    if backend == "vllm":
-        if not isinstance(model, str):
-            raise ValueError("the vllm backend needs a model path, not a loaded model")
-        model_path = model
-
-        def generate(prompts: Sequence[Prompt]) -> list[list[str]]:
-            return generate_vllm(
-                model_path, tokenizer, prompts, max_new_tokens=max_new_tokens, n_samples=n_samples,
-                temperature=temperature, top_p=top_p, seed=seed,
-            )  # fmt: skip
-    elif backend == "hf":
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(model)
-        hf_model = model
-
-        def generate(prompts: Sequence[Prompt]) -> list[list[str]]:
-            return generate_hf(
-                hf_model, tokenizer, prompts, max_new_tokens=max_new_tokens, n_samples=n_samples,
-                temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, progress=progress,
-            )  # fmt: skip
-    else:
-        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    resolved = [resolve_benchmark(name) for name in benchmarks]
+    names = unique_names(resolved)
+    sampling = {"max_new_tokens": max_new_tokens, "n_samples": n_samples, "temperature": temperature,
+                "top_p": top_p, "seed": seed}  # fmt: skip
+    generate = _generator(model, tokenizer, backend, sampling, batch_size, progress)
     results = []
-    for name in benchmarks:
-        benchmark = resolve_benchmark(name)
+    for benchmark, name in zip(resolved, names, strict=True):
         dataset = load_benchmark(benchmark, prompt_format=prompt_format, limit=limit, seed=seed)
         completions = generate(list(dataset["prompt"]))
-        results.append(score_completions(dataset, completions, benchmark.name))
+        results.append(score_completions(dataset, completions, name))
     return results
 
 
@@ -167,21 +170,22 @@ def results_to_json(results: Sequence[BenchmarkResult], settings: dict[str, Any]
 def write_results(
     results: Sequence[BenchmarkResult], output_dir: str | Path, settings: dict[str, Any]
 ) -> Path:
-    """Write ``eval_results.json`` under ``output_dir`` and return its path."""
+    """Write :data:`capo_app.run_folder.EVAL_RESULTS_FILE` under ``output_dir`` and return its path."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "eval_results.json"
+    path = folder / EVAL_RESULTS_FILE
     path.write_text(json.dumps(results_to_json(results, settings), indent=2, allow_nan=True) + "\n")
     return path
 
 
 def format_table(results: Sequence[BenchmarkResult]) -> str:
     """Return a plain-text table: benchmark, pass@1 (%), problems, scored, samples."""
-    header = f"{'benchmark':<16} {'pass@1':>8} {'problems':>9} {'scored':>7} {'samples':>8}"
+    width = max([16, *(len(r.name) for r in results)])
+    header = f"{'benchmark':<{width}} {'pass@1':>8} {'problems':>9} {'scored':>7} {'samples':>8}"
     lines = [header, "-" * len(header)]
     for r in results:
         score = "n/a" if math.isnan(r.pass_at_1) else f"{100 * r.pass_at_1:.1f}%"
         lines.append(
-            f"{r.name:<16} {score:>8} {r.num_problems:>9} {r.num_scored:>7} {r.n_samples:>8}"
+            f"{r.name:<{width}} {score:>8} {r.num_problems:>9} {r.num_scored:>7} {r.n_samples:>8}"
         )
     return "\n".join(lines)

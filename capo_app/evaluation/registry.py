@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from capo_app.checks import UsageError, looks_local
+
 if TYPE_CHECKING:
     from capo_app.data.loading import AnswerFormat
+
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ def resolve_benchmark(name_or_path: str) -> Benchmark:
         The benchmark description.
 
     Raises:
-        ValueError: If it is neither a known name nor an existing path.
+        UsageError: If it is neither a known name nor an existing path (a missing file is named as such).
     """
     path = Path(name_or_path)
     if path.exists():
@@ -103,5 +107,21 @@ def resolve_benchmark(name_or_path: str) -> Benchmark:
     key = _key(name_or_path)
     if key in BENCHMARKS:
         return BENCHMARKS[key]
+    if path.suffix.lower() in _FILE_SUFFIXES or looks_local(name_or_path):
+        raise UsageError(f"benchmark file {name_or_path}: no such file")
     names = ", ".join(b.name for b in BENCHMARKS.values())
-    raise ValueError(f"unknown benchmark {name_or_path!r}: use one of {names}, or a local file")
+    raise UsageError(f"unknown benchmark {name_or_path!r}: use one of {names}, or a local file")
+
+
+def unique_names(benchmarks: list[Benchmark]) -> list[str]:
+    """A distinct result key per benchmark: its name, or its path where two share a name.
+
+    Raises:
+        UsageError: When the same benchmark is listed twice.
+    """
+    paths = [(b.path, b.split, b.config_name) for b in benchmarks]
+    twice = sorted({b.name for b, p in zip(benchmarks, paths, strict=True) if paths.count(p) > 1})
+    if twice:
+        raise UsageError(f"benchmark {', '.join(twice)} is listed twice")
+    names = [b.name for b in benchmarks]
+    return [b.name if names.count(b.name) == 1 else b.path for b in benchmarks]

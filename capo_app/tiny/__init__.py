@@ -9,6 +9,7 @@ from capo_app.tiny.build import (
     is_tiny_model_dir,
     load_tiny_model,
     read_tiny_info,
+    tiny_setup,
 )
 from capo_app.tiny.model import TinyModelConfig, init_tiny_model, qwen2_config
 from capo_app.tiny.tokenizer import CHAT_TEMPLATE, build_tiny_tokenizer
@@ -29,5 +30,6 @@ __all__ = [
     "load_tiny_model",
     "qwen2_config",
     "read_tiny_info",
+    "tiny_setup",
     "warm_start",
 ]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from capo_app.data.synthetic import EASY, ArithmeticTask, make_arithmetic_dataset
+from capo_app.checks import UsageError
+from capo_app.data.synthetic import EASY, PRESETS, ArithmeticTask, make_arithmetic_dataset
 from capo_app.tiny.model import TinyModelConfig, init_tiny_model
 from capo_app.tiny.tokenizer import build_tiny_tokenizer
 from capo_app.tiny.warm_start import WarmStartConfig, accuracy, warm_start
@@ -65,6 +66,16 @@ class TinySetup:
     def config_hash(self) -> str:
         """Return a short SHA-256 of :meth:`to_dict`."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_setup(task: str = "easy", warm_start_steps: int | None = None) -> TinySetup:
+    """The :class:`TinySetup` of a run: a synthetic task preset (:data:`capo_app.data.PRESETS`), warm-start steps."""
+    if task not in PRESETS:
+        raise UsageError(f"synthetic_task must be one of {', '.join(PRESETS)}, got {task!r}")
+    setup = TinySetup(task=PRESETS[task])
+    if warm_start_steps is not None:
+        setup = replace(setup, warm_start=replace(WarmStartConfig(), steps=warm_start_steps))
+    return setup
 
 
 def is_tiny_model_dir(path: str | os.PathLike[str]) -> bool:

@@ -86,6 +86,27 @@ def _batch(
     return input_ids, mask, labels
 
 
+def _optimizer(
+    model: PreTrainedModel, config: WarmStartConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a linear warm-up over 10% of the steps, then a cosine decay to 10% of the peak."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(0.9, 0.98),
+        weight_decay=config.weight_decay,
+    )
+    warmup = max(1, config.steps // 10)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, config.steps - warmup)
+        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress_))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def warm_start(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -114,21 +135,7 @@ def warm_start(
     )
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.learning_rate,
-        betas=(0.9, 0.98),
-        weight_decay=config.weight_decay,
-    )
-    warmup = max(1, config.steps // 10)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, config.steps - warmup)
-        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress_))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = _optimizer(model, config)
     was_training = model.training
     model.train()
     losses: list[float] = []

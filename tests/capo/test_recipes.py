@@ -4,8 +4,13 @@ import pytest
 import yaml
 
 from capo.methods import PAPER_THRESHOLDS
+from capo_app.cli import main as capo_main
 from capo_app.recipe import METHODS, TINY_DEFAULTS
-from capo_app.train import main
+
+
+def main(argv):
+    return capo_main(["train", *argv])
+
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
@@ -121,11 +126,16 @@ def test_dry_run_rejects_a_recipe_whose_batch_arithmetic_is_wrong(tmp_path, caps
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["--config", str(path), "--dry-run"]) == 1
-    assert "declares 128 completions per step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "declares 128 completions per step" in printed
+    assert "Dry run OK" not in printed and "problem(s)" in printed
 
 
-def test_unknown_recipe_keys_are_an_error(tmp_path, capsys):
+def test_unknown_recipe_keys_are_one_error_line(tmp_path, capsys):
     path = tmp_path / "typo.yaml"
     path.write_text("learning_rat: 1.0e-5\n")
-    assert main(["--config", str(path), "--dry-run"]) == 2
-    assert "learning_rat" in capsys.readouterr().err
+    for argv in (["--config", str(path), "--dry-run"], ["--config", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("capo: error: unknown keys") and "learning_rat" in err
+        assert len(err.strip().splitlines()) == 1

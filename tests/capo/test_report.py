@@ -4,7 +4,7 @@ import math
 import pytest
 
 from capo_app import report
-from capo_app.plots import ema
+from capo_app.plots import ema, plot_log
 from tests.capo._synthetic_log import TEST_ACCURACY, synthetic_log_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -101,7 +101,7 @@ def test_plot_log_writes_the_four_pngs(tmp_path, history):
         "history": history,
         "test_accuracy": TEST_ACCURACY,
     }
-    paths = report.plot_log(log, tmp_path)
+    paths = plot_log(log, tmp_path)
     names = sorted(p.name for p in paths)
     assert names == ["accuracy_reward.png", "curvature.png", "rejection_rate.png", "true_kl.png"]
     for path in paths:
@@ -112,7 +112,7 @@ def test_plot_log_skips_plots_whose_metrics_were_not_logged(tmp_path):
     history = report.history_from_log_history(
         [{"step": s, "reward": 0.1 * s} for s in (1, 2, 3)], 8
     )
-    paths = report.plot_log({"history": history, "test_accuracy": []}, tmp_path)
+    paths = plot_log({"history": history, "test_accuracy": []}, tmp_path)
     assert [p.name for p in paths] == ["accuracy_reward.png"]
 
 

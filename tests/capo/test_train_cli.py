@@ -10,7 +10,6 @@ from capo.config import CAPO_VARIANTS
 from capo.methods import PAPER_THRESHOLDS
 from capo_app.cli import main as capo_main
 from capo_app.recipe import METHODS, TINY_DEFAULTS, check_method, parse_recipe
-from capo_app.train import main
 
 # method -> (variant, masking on, key of the paper's thresholds)
 EXPECTED = {
@@ -94,12 +93,6 @@ def test_capo_help_lists_train_and_train_help_exits_cleanly(capsys):
         [sys.executable, "-m", "capo_app", "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in out.stdout and "eval" in out.stdout
-
-
-def test_bad_arguments_exit_2(capsys):
-    assert main(["--method", "ppo"]) == 2
-    assert main(["--no_such_field", "1"]) == 2
-    assert "no_such_field" in capsys.readouterr().err
 
 
 @pytest.mark.slow

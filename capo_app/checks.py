@@ -1,0 +1,177 @@
+"""The command line's input checks, in one place: each bad input becomes one :class:`UsageError` line.
+
+The top-level handler (:func:`capo_app.cli.main`) prints ``capo: error: <line>`` and exits 2, so a user sees what
+to change instead of a traceback. Nothing here imports a heavy library at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from capo_app.recipe import EMBEDDED_TINY
+
+
+class UsageError(ValueError):
+    """Bad input from the user; the message is one line that says what is wrong and what to do."""
+
+
+def check_positive(name: str, value: Any) -> None:
+    """Refuse a value that is not a number > 0 (learning rate, batch size, token counts, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UsageError(f"{name} must be > 0, got {value}")
+
+
+def check_prompt_template(template: str) -> None:
+    """Refuse a prompt template without the ``{question}`` field it is filled through."""
+    if "{question}" not in template:
+        raise UsageError(f"the prompt template must contain {{question}}, got {template!r}")
+
+
+def looks_local(name_or_path: str) -> bool:
+    """True when the string can only be a local path: a hub id is ``name`` or ``org/name``."""
+    return (
+        name_or_path.startswith(("/", ".", "~"))
+        or name_or_path.count("/") > 1
+        or "\\" in name_or_path
+    )
+
+
+def check_model_path(name_or_path: str, option: str) -> None:
+    """Refuse a local model folder that does not exist or holds no ``config.json`` (a hub id passes).
+
+    Args:
+        name_or_path: A local folder or a hub id.
+        option: The option that gave it, for the message.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{option} {name_or_path}: not a saved model (no config.json in it)")
+    elif looks_local(name_or_path):
+        raise UsageError(f"{option} {name_or_path}: no such folder")
+
+
+def check_json_records(path: str | os.PathLike[str]) -> None:
+    """Refuse a JSON / JSON Lines file that does not parse, naming the file and the line.
+
+    A ``.json`` file whose text starts with ``[`` is read as one JSON array; any other JSON file as JSON Lines
+    (one object per non-blank line), as ``datasets`` reads them.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{file}: not UTF-8 text ({error.reason})") from error
+    if file.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{file}:{error.lineno}: malformed JSON ({error.msg})") from error
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{file}:{number}: malformed JSON line ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise UsageError(
+                f"{file}:{number}: expected a JSON object, got {type(record).__name__}"
+            )
+
+
+def check_step_model(config: Any) -> None:
+    """Refuse the Adam step model for an optimizer that is not Adam (``--optim sgd`` keeps ``"adam"``).
+
+    ``capo_step_model "adam"`` predicts the step from Adam's moments, so it needs an Adam-family optimizer.
+    ``"sgd"`` (Δ = lr · g) is exact for SGD and is the paper's first-order ablation (App. I) for any other
+    optimizer, so it is always accepted. Checked only when the curvature model runs.
+    """
+    if not (config.capo_enabled or getattr(config, "capo_track_shifts", False)):
+        return
+    optim = str(getattr(config.optim, "value", config.optim))
+    if config.capo_step_model == "adam" and "adam" not in optim.lower():
+        raise UsageError(
+            f"optim {optim!r} is not an Adam optimizer, so capo_step_model 'adam' would model a step it "
+            "never takes: add --capo_step_model sgd (or use an Adam optimizer)"
+        )
+
+
+def check_training(script_args: Any, config: Any) -> None:
+    """Refuse settings of ``capo train`` that would fail later or train something other than asked.
+
+    Args:
+        script_args: The run's ``ScriptArguments``.
+        config: The run's ``CAPOConfig``.
+    """
+    if script_args.model_name_or_path != EMBEDDED_TINY:
+        check_model_path(script_args.model_name_or_path, "model_name_or_path")
+    check_positive("learning_rate", config.learning_rate)
+    check_positive("per_device_train_batch_size", config.per_device_train_batch_size)
+    check_positive("gradient_accumulation_steps", config.gradient_accumulation_steps)
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise UsageError(
+            f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {config.max_steps}"
+        )
+    if config.max_steps == -1:
+        check_positive("num_train_epochs", config.num_train_epochs)
+    if config.num_generations is not None and config.num_generations < 2:
+        raise UsageError(
+            f"num_generations must be >= 2 (advantages compare completions of one prompt), got "
+            f"{config.num_generations}"
+        )
+    if (config.capo_enabled or config.capo_track_shifts) and config.capo_support_size < 2:
+        raise UsageError(
+            f"capo_support_size {config.capo_support_size} keeps only the sampled token, so every m_H and "
+            "m_F is 0 and CAPO masks nothing; use >= 2"
+        )
+    check_step_model(config)
+    for name in ("num_train_problems", "max_prompt_length", "eval_max_new_tokens", "cpu_threads"):
+        value = getattr(script_args, name)
+        if value is not None:
+            check_positive(name, value)
+    if script_args.num_test_problems < 0 or script_args.eval_every < 0:
+        raise UsageError("num_test_problems and eval_every must be >= 0")
+    if not script_args.reward_funcs:
+        raise UsageError("reward_funcs is empty; name at least one reward function")
+
+
+def check_one_job(num_processes: int, environ: dict[str, str] | None = None) -> None:
+    """Refuse a launch whose processes would each train alone (``torchrun`` on CPU without ``--use_cpu``).
+
+    Args:
+        num_processes: Processes the trainer's accelerator runs as.
+        environ: The environment (default ``os.environ``); ``WORLD_SIZE`` is what the launcher started.
+    """
+    launched = int((environ if environ is not None else os.environ).get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise UsageError(
+            f"launched as {launched} processes (WORLD_SIZE) but the trainer runs as {num_processes}, so "
+            "each would train alone into the same folder; on CPU add --use_cpu true"
+        )
+
+
+def check_evaluation(args: Any) -> None:
+    """Refuse ``capo eval`` options that would crash or score nothing (``--limit 0``, ``--n-samples 0``, ...)."""
+    check_positive("--max-new-tokens", args.max_new_tokens)
+    check_positive("--n-samples", args.n_samples)
+    check_positive("--batch-size", args.batch_size)
+    if args.limit is not None:
+        check_positive("--limit", args.limit)
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.temperature == 0 and args.n_samples != 1:
+        raise UsageError(
+            "greedy decoding (--temperature 0) gives identical samples; use --n-samples 1 or a temperature > 0"
+        )
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.prompt_template is not None:
+        check_prompt_template(args.prompt_template)
+    if args.plain and args.system_prompt is not None:
+        raise UsageError("--system-prompt needs chat prompts; drop --plain")
+    check_model_path(args.model, "--model")
