@@ -127,7 +127,10 @@ class CAPOConfig(GRPOConfig):
         metadata={
             "help": "How the last-layer model predicts the step from a gradient: 'adam' (tracked sparse "
             "Adam moments, updated once per optimizer step with the accepted gradient) or 'sgd' "
-            "(Δ = lr · g). The learning rate is the one the scheduler gives the current step."
+            "(Δ = lr · g). The learning rate is the one the scheduler gives the current step. 'adam' "
+            "models Adam's step, so `capo train` refuses it with a non-Adam optim (e.g. --optim sgd: "
+            "add --capo_step_model sgd); 'sgd' is exact for SGD and the first-order ablation (App. I) "
+            "for Adam."
         },
     )
     capo_chunk_size: int | None = field(
