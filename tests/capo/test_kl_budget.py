@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from capo.kl_budget import budget_scale, parameters_moved, prospective_params, u
 from tests.capo import _trainer_helpers as H
 from tests.tolerances import EXACT_ATOL, EXACT_RTOL
 
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": dict(optim="adamw_torch", weight_decay=0.1),
     "sgd_momentum": dict(optim="sgd", optim_args="momentum=0.9,nesterov=true", weight_decay=0.01),
 }
