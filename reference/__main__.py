@@ -11,6 +11,9 @@ import argparse
 import sys
 import unicodedata
 
+from reference.agreement import AGREEMENT_RTOL, compare_case
+from toy_mdps import CASES, case_by_id
+
 DEFAULT_CASES = (
     "bandit-3ctx-4arm-d3",
     "token-K4-T2-sum-d5-top2",
@@ -38,9 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__)
     parser.add_argument("--all", action="store_true", help="run every case of toy_mdps.CASES")
     args = parser.parse_args(argv)
-
-    from reference.agreement import AGREEMENT_RTOL, compare_case
-    from toy_mdps import CASES, case_by_id
 
     cases = CASES if args.all else [case_by_id(c) for c in DEFAULT_CASES]
     print("CAPO dense reference (NumPy float64) vs torch.func autodiff on exact toy MDPs")

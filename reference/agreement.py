@@ -25,10 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
+from torch.func import grad, hessian
 
 from reference.last_layer import expected_fisher, expected_gradient, expected_hessian
 from reference.tolerances import EXACT_RTOL
+from toy_mdps import build_case, kl_weights
+from toy_mdps.torch_eval import average_kl, objective_J, surrogate_L
 
 __all__ = ["AGREEMENT_RTOL", "Comparison", "compare_case"]
 
@@ -78,12 +82,6 @@ def compare_case(case: dict[str, Any]) -> list[Comparison]:
     Returns:
         The comparisons (four, five for a contextual bandit).
     """
-    import torch
-    from torch.func import grad, hessian
-
-    from toy_mdps import build_case, kl_weights
-    from toy_mdps.torch_eval import average_kl, objective_J, surrogate_L
-
     toy = build_case(case)
     setting, temp, top_k = toy.setting, toy.temperature, toy.top_k
     flat = toy.flat()

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from reference.agreement import compare_case
 from reference.tolerances import BF16_RTOL, EXACT_RTOL, FLOAT32_RTOL
+from toy_mdps import CASES
 from verification import batches, twins
 from verification.common import (
     HOLDS,
@@ -213,9 +215,6 @@ def dtype_checks(records: list[dict[str, Any]]) -> list[Check]:
 
 def expectation_twins() -> tuple[list[dict[str, Any]], Check]:
     """Exact-expectation twins on every toy case: reference g̃, H̃, F̃ vs torch.func of J, L, D̄_KL."""
-    from reference.agreement import compare_case
-    from toy_mdps import CASES
-
     rows: list[dict[str, Any]] = []
     for case in progress(CASES, "toy cases"):
         for c in compare_case(case):

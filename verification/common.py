@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from tqdm import tqdm
 
 HOLDS, FAILS = "holds", "fails"
 """Verdict words; a conditional verdict reads "holds only ..." (see :func:`conditional`)."""
@@ -140,8 +141,6 @@ def all_ok(checks: Iterable[Check]) -> bool:
 
 def progress(iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
     """A tqdm progress bar on stderr (disabled when ``CAPO_VERIFY_NO_PROGRESS`` is set)."""
-    from tqdm import tqdm
-
     return tqdm(
         iterable,
         desc=desc,

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from verification.common import fit_slope
+from verification.theorems.expansions import FIT_MAX, RESIDUALS, ROUNDOFF
+
 
 def _plt() -> Any:
     import matplotlib
@@ -81,9 +84,6 @@ def truncation(records: list[dict[str, Any]], path: Path) -> None:
 
 def remainders(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
     """|remainder| vs ‖Δ‖ on log-log axes, one panel per toy family, with fitted slopes."""
-    from verification.common import fit_slope
-    from verification.theorems.expansions import FIT_MAX, RESIDUALS, ROUNDOFF
-
     plt = _plt()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), squeeze=False)
     for ax, (kind, c) in zip(axes[0], curves.items(), strict=True):

@@ -19,6 +19,7 @@ import torch
 
 import capo
 from reference.tolerances import EXACT_RTOL
+from toy_mdps import LinearSoftmaxPolicy, evaluate, random_features, sample_tokens, token_mdp
 from verification import batches, twins
 from verification.common import HOLDS, Check, conditional, fmt, progress, rel_error
 
@@ -97,8 +98,6 @@ def random_logits_curve(quick: bool) -> list[dict[str, Any]]:
 
 def token_mdp_curve(quick: bool) -> list[dict[str, Any]]:
     """Truncation on a toy token MDP (K = 16, T = 2): sampled tokens with their exact advantages."""
-    from toy_mdps import LinearSoftmaxPolicy, evaluate, random_features, sample_tokens, token_mdp
-
     tm = token_mdp(16, 2, reward="random", n_prompts=2, seed=3)
     d = 12
     feats = random_features(tm.mdp.n_states, d, seed=4)

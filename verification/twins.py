@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.func import grad, jacfwd
 
 import capo
 import reference
@@ -106,8 +107,6 @@ def autodiff_shifts(
     raw: RawBatch, subsets: torch.Tensor | None, step: str, lr: float, hist: AdamHistory
 ) -> Shifts3:
     """torch.func derivatives of the generating functions (module docstring), float64."""
-    from torch.func import grad, jacfwd
-
     V, H = raw.vocab, raw.hidden.shape[1]
     if step == "sgd":
         step_fn = lambda g: lr * g  # noqa: E731

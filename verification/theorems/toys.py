@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.func import grad, hessian
 
 from toy_mdps import ToyCase, build_case
+from toy_mdps.torch_eval import average_kl, objective_J, surrogate_L
 
 KINDS = ("bandit", "token", "finite", "discounted")
 """Toy families: contextual bandits (T = 1), token MDPs, random finite-horizon MDPs, discounted MDPs."""
@@ -94,8 +96,6 @@ class Derivatives:
 
 def functions(toy: ToyCase, W0: np.ndarray) -> tuple[Any, Any, Any]:
     """(J(W), L(W), D̄_KL(W0 ‖ W)) as torch functions of W [K, d] for the toy at old weights W0."""
-    from toy_mdps.torch_eval import average_kl, objective_J, surrogate_L
-
     w_old = torch.from_numpy(np.array(W0, dtype=np.float64))
     kw: dict[str, Any] = {
         "setting": toy.setting,
@@ -117,8 +117,6 @@ def functions(toy: ToyCase, W0: np.ndarray) -> tuple[Any, Any, Any]:
 
 def derivatives(toy: ToyCase, W0: np.ndarray | None = None) -> Derivatives:
     """Exact J, ∇J, ∇²J, ∇²L, ∇²D̄_KL at W0 (default: the toy's weights) by torch.func."""
-    from torch.func import grad, hessian
-
     W0 = toy.W if W0 is None else W0
     J, L, KL = functions(toy, W0)
     w = torch.from_numpy(np.array(W0, dtype=np.float64))
