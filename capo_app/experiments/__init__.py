@@ -1,13 +1,14 @@
-"""Small-scale reproductions of the paper's stability and sample-efficiency claims (§6, App. I, J, L).
+"""The mechanism study (issue: does curvature-aware masking control the policy shift, and when?).
 
-- :mod:`capo_app.experiments.toy_stability`: the seven methods on an exact toy token MDP (linear-softmax
-  policy = the last layer, exact J and KL), ``python -m capo_app.experiments.toy_stability``.
-- :mod:`capo_app.experiments.stability`: the seven methods on the tiny embedded LLM with
-  :class:`capo.CAPOTrainer`, ``python -m capo_app.experiments.stability`` (also runs the toy comparison).
-- :mod:`capo_app.experiments.analysis`, :mod:`capo_app.experiments.plots`: seed statistics, collapse and
-  sample-efficiency definitions, figures.
+``python -m capo_app.experiments.study [--quick]`` runs it. Modules, in import order:
+
+- :mod:`~capo_app.experiments.arms`: the arms (optimizer, lr, batch, masking rule) and the token rules
+  (random mask, sign(A) × π_a group removal, rejection by group);
+- :mod:`~capo_app.experiments.toy_regime`: the exact toy token MDP (:mod:`toy_mdps.prefix_tree`);
+- :mod:`~capo_app.experiments.llm_regime`: the tiny LLM, head-only or full, with CAPOTrainer;
+- :mod:`~capo_app.experiments.protocol`: tuning, thresholds, regimes × arms × seeds -> run records;
+- :mod:`~capo_app.experiments.verdict`: per-arm summaries, the criteria, the verdict per regime;
+- :mod:`~capo_app.experiments.figures`, :mod:`~capo_app.experiments.mechanism_report`: figures, report.md,
+  results.json;
+- :mod:`~capo_app.experiments.study`: the configurations and the command line.
 """
-
-from capo_app.experiments.methods import BATCH_RATIO, LR_RATIO, METHODS, Method
-
-__all__ = ["BATCH_RATIO", "LR_RATIO", "METHODS", "Method"]

@@ -1,4 +1,4 @@
-"""An exact "arithmetic" token MDP for stability experiments: a prefix tree evaluated level by level.
+"""An exact "arithmetic" token MDP at scale: a prefix tree evaluated level by level (for experiments).
 
 P prompts, vocabulary K, horizon T. Prompt p has a hidden target y_p; a completion of T tokens earns
 reward 1 iff Σ tokens ≡ y_p (mod K) (the "sum" reward of :func:`toy_mdps.token_mdp`). States are prefixes,
@@ -18,16 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from toy_mdps.exact import kl_rows
+from toy_mdps.policies import masked_softmax
+
 Array = NDArray[np.float64]
 
-__all__ = ["ArithmeticTree", "TaskSpec", "arithmetic_tree", "softmax_rows"]
-
-
-def softmax_rows(logits: Array) -> Array:
-    """Row-wise softmax of ``logits`` [..., K] (numerically stable)."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+__all__ = ["ArithmeticTree", "TaskSpec", "arithmetic_tree"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +42,8 @@ class TaskSpec:
             hidden states are strongly anisotropic: a step along it moves a token's logit everywhere).
         n_junk: How many of the K tokens are "junk" (ids K − n_junk .. K − 1): a completion containing
             one earns 0 (a format error), the sum runs mod K_d = K − n_junk over the digit tokens.
+        punish_repeats: A completion that repeats one token T times earns 0 (a punished degenerate
+            mode: collapsing onto one token everywhere, which shared features make easy, fails).
         seed: Seed of the targets (drawn as in :func:`toy_mdps.token_mdp`) and of the features.
     """
 
@@ -57,6 +55,7 @@ class TaskSpec:
     cue_noise: float = 0.0
     bias_scale: float = 1.0
     n_junk: int = 0
+    punish_repeats: bool = False
     seed: int = 0
 
     @property
@@ -110,7 +109,8 @@ class ArithmeticTree:
 
     def probs(self, W: Array) -> Array:
         """π(a | s) for every state, shape [S, K]."""
-        return softmax_rows(self.features @ W.T)
+        logits = self.features @ W.T
+        return masked_softmax(logits, np.ones(logits.shape, dtype=bool))
 
     def _level_probs(self, probs: Array, n: int) -> Array:
         """π at the length-n prefixes, shape [P, K^n, K]."""
@@ -150,10 +150,8 @@ class ArithmeticTree:
             The average forward KL under the old policy's state distribution.
         """
         idx = np.concatenate([self.level(n).ravel() for n in range(self.spec.horizon)])
-        p, q = probs_old[idx], probs_new[idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
-        return float(d[idx] @ terms.sum(axis=1) / self.spec.horizon)
+        q = np.maximum(probs_new[idx], np.finfo(np.float64).tiny)  # underflow: large, finite KL
+        return float(d[idx] @ kl_rows(probs_old[idx], q) / self.spec.horizon)
 
     def mean_entropy(self, d: Array, probs: Array) -> float:
         """Visitation-weighted policy entropy per decision step (nats)."""
@@ -219,7 +217,7 @@ def arithmetic_tree(spec: TaskSpec) -> ArithmeticTree:
 
     d = 1 + T + Kd + spec.n_random
     feats = np.zeros((P * L, d))
-    full_sum = full_valid = None
+    full_sum = full_valid = full_repeat = None
     for n in range(T + 1):
         ranks = np.arange(K**n)
         digits = (ranks[:, None] // K ** np.arange(n - 1, -1, -1)[None, :]) % K if n else None
@@ -238,11 +236,14 @@ def arithmetic_tree(spec: TaskSpec) -> ArithmeticTree:
             feats[idx, 1 + T + cue] = spec.cue_scale
         if n == T:
             full_sum, full_valid = prefix_sum, valid
+            full_repeat = (digits == digits[:, :1]).all(axis=1) if digits is not None else None
     if spec.n_random:
         feats[:, 1 + T + Kd :] = frng.standard_normal((P * L, spec.n_random)) / np.sqrt(
             spec.n_random
         )
     assert full_sum is not None and full_valid is not None
     hit = (full_sum[None, :] % Kd == targets[:, None]) & full_valid[None, :]
+    if spec.punish_repeats and full_repeat is not None:
+        hit &= ~full_repeat[None, :]
     rewards = hit.astype(np.float64)
     return ArithmeticTree(spec, targets, feats, offsets, rewards)

@@ -1,0 +1,274 @@
+"""The ``head`` and ``full`` regimes: GRPO on the embedded tiny Qwen2 model with :class:`capo.CAPOTrainer`.
+
+``head``: the backbone is frozen and only ``lm_head`` is trained, so the paper's last-layer model is the
+whole update (old hidden states, new head). ``full``: every parameter is trained. Both use the synthetic
+arithmetic task (:mod:`capo_app.data`) and its held-out test problems (greedy accuracy, the score).
+
+Arms with ``random`` or ``group`` masking train through :class:`StudyTrainer`, a CAPOTrainer whose
+micro-batch hook replaces the (absent) CAPO mask by the arm's rule; every arm records its rejection by
+sign(A) × π_a bucket there, and the GRPO (A) arms keep a sample of token m_F / m_H for the percentile
+thresholds. Nothing in :mod:`capo` is changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capo import metrics
+from capo_app.experiments.arms import PAPER, Arm, group_keep, random_keep, rejection_by_group
+
+__all__ = ["LLMSetup", "run_llm"]
+
+KL_PREDICTED = getattr(metrics, "KL_PREDICTED", None)
+"""The trainer's predicted KL of the step taken (issue 13); None until it lands ("not measured")."""
+TRUE_KL_HEAD = getattr(metrics, "TRUE_KL_HEAD", None)
+"""The head-only part of the measured KL (issue 13); None until it lands ("not measured")."""
+
+
+@dataclass(frozen=True)
+class LLMSetup:
+    """A tiny-LLM regime's constants (lr and batch come from the arm).
+
+    Attributes:
+        head_only: Freeze the backbone, train ``lm_head`` only.
+        steps: Optimizer steps per run.
+        group_size: G.
+        prompts_per_step: Prompts per step of the aggressive batch.
+        eval_every: Held-out accuracy every this many steps (and at 0 and the end).
+        num_test_problems: Held-out problems.
+        num_train_problems: Training problems.
+        max_completion_length: Completion tokens.
+        support_size: k of the curvature model.
+        warm_start_steps: Supervised warm-start steps of the tiny model (None: the default).
+        tiny_cache_dir: Cache folder of the warm-started model (None: the default).
+        shift_samples: Token shifts kept per step (percentile thresholds).
+    """
+
+    head_only: bool = False
+    steps: int = 30
+    group_size: int = 8
+    prompts_per_step: int = 2
+    eval_every: int = 10
+    num_test_problems: int = 100
+    num_train_problems: int = 2000
+    max_completion_length: int = 40
+    support_size: int = 16
+    warm_start_steps: int | None = None
+    tiny_cache_dir: str | None = None
+    shift_samples: int = 200
+
+
+def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "seed": seed,
+        "max_steps": setup.steps,
+        "learning_rate": lr,
+        "per_device_train_batch_size": setup.prompts_per_step * arm.batch_ratio * setup.group_size,
+        "gradient_accumulation_steps": 1,
+        "num_generations": setup.group_size,
+        "max_completion_length": setup.max_completion_length,
+        "capo_support_size": setup.support_size,
+        "capo_track_shifts": True,
+        "capo_log_true_kl": True,
+        "capo_step_model": arm.optimizer,
+        "optim": "sgd" if arm.optimizer == "sgd" else "adamw_torch",
+        "num_test_problems": setup.num_test_problems,
+        "num_train_problems": setup.num_train_problems,
+        "eval_every": 0,
+        "logging_steps": 1,
+        "plots": False,
+        "disable_tqdm": True,
+        "output_dir": str(out),
+        "save_strategy": "no",
+        "report_to": [],
+    }
+    if arm.masking == "capo":
+        assert arm.thresholds is not None, "percentile thresholds are resolved before the run"
+        values.update(
+            hessian_low=arm.thresholds.hessian_low,
+            hessian_high=arm.thresholds.hessian_high,
+            fisher_max=arm.thresholds.fisher_max,
+        )
+    if setup.warm_start_steps is not None:
+        values["warm_start_steps"] = setup.warm_start_steps
+    if setup.tiny_cache_dir is not None:
+        values["tiny_cache_dir"] = setup.tiny_cache_dir
+    return values
+
+
+Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _rule(arm: Arm, rates: list[float] | None, seed: int) -> Rule | None:
+    """The arm's token rule (valid, adv, pi_a, step) -> keep, None when the trainer's own mask applies."""
+    rng = np.random.default_rng([seed, 4])
+    if arm.masking == "random":
+        assert rates is not None, "a random arm needs its CAPO arm's per-step rates"
+        return lambda valid, adv, pi_a, step: random_keep(
+            valid, rates[min(step, len(rates) - 1)], rng
+        )
+    if arm.masking == "group":
+        group = arm.group
+        assert group is not None
+        return lambda valid, adv, pi_a, step: group_keep(valid, adv, pi_a, group)
+    return None
+
+
+def _study_trainer_class() -> type:
+    """CAPOTrainer plus the study's hook (imported lazily: trl is loaded only for LLM regimes)."""
+    import torch
+
+    from capo.hidden_capture import output_layer
+    from capo.trainer import CAPOTrainer
+
+    class StudyTrainer(CAPOTrainer):
+        """Applies ``study_rule`` as the token mask and records rejection by group and token shifts."""
+
+        study_rule: Rule | None = None
+        study_samples: int = 200
+
+        def _capo_micro_batch(
+            self, model, hidden, input_ids, attention_mask, logits_to_keep, inputs
+        ):
+            keep, valid = super()._capo_micro_batch(
+                model, hidden, input_ids, attention_mask, logits_to_keep, inputs
+            )
+            with torch.no_grad():
+                weight, bias = output_layer(self.accelerator.unwrap_model(model))
+                logits = (hidden.float() @ weight.float().T) / float(self.temperature)
+                if bias is not None:
+                    logits = logits + bias.float() / float(self.temperature)
+                ids = input_ids[:, -int(logits_to_keep) :]
+                pi_a = torch.softmax(logits, dim=-1).gather(-1, ids[..., None])[..., 0]
+            adv_t = inputs["advantages"]
+            adv_t = adv_t[:, None].expand(valid.shape) if adv_t.dim() == 1 else adv_t
+            adv, p, v = adv_t.float().cpu().numpy(), pi_a.cpu().numpy(), valid.cpu().numpy()
+            step = int(self.state.global_step)
+            if self.study_rule is not None:
+                keep = torch.from_numpy(self.study_rule(v, adv, p, step)).to(valid.device)
+            applied = v if keep is None else keep.cpu().numpy() & v
+            rej, tot = rejection_by_group(v, applied, adv, p)
+            acc = self.__dict__.setdefault("_study_acc", {"rej": np.zeros(6), "tot": np.zeros(6)})
+            acc["rej"] += rej
+            acc["tot"] += tot
+            acc["n_valid"] = acc.get("n_valid", 0) + int(v.sum())
+            acc["n_rejected"] = acc.get("n_rejected", 0) + int((v & ~applied).sum())
+            if self._capo_acc.m_f:
+                take = slice(0, self.study_samples)
+                acc.setdefault("m_F", []).extend(self._capo_acc.m_f[-1][take].tolist())
+                acc.setdefault("m_H", []).extend(self._capo_acc.m_h[-1][take].tolist())
+            return keep, valid
+
+        def _capo_step_end(self) -> None:
+            super()._capo_step_end()
+            acc = self.__dict__.pop("_study_acc", None) or {}
+            self.__dict__.setdefault("study_log", []).append(acc)
+
+    return StudyTrainer
+
+
+def _freeze_backbone(model: Any) -> None:
+    """Train the output layer only: every other parameter stops requiring grad."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in model.get_output_embeddings().parameters():
+        param.requires_grad_(True)
+
+
+def _eval_callback(trainer: Any, every: int, measure: Callable[[int], None]) -> Any:
+    from transformers import TrainerCallback
+
+    class Evaluate(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if every > 0 and state.global_step % every == 0 and state.global_step < state.max_steps:
+                measure(state.global_step)
+
+    return Evaluate()
+
+
+def _step_logs(trainer: Any, per_step: int) -> dict[str, list[Any]]:
+    """Per-step logs from TRL's history and the study hook ("not measured" metrics: None)."""
+    from capo_app.report import history_from_log_history
+
+    history = history_from_log_history(trainer.state.log_history, per_step)
+    study = trainer.__dict__.get("study_log", [])
+    names = {
+        "train_reward": "reward",
+        "entropy": "entropy",
+        "true_kl": metrics.TRUE_KL,
+        "true_kl_head": TRUE_KL_HEAD,
+        "kl_predicted": KL_PREDICTED,
+        "global_m_F": metrics.GLOBAL_M_F,
+    }
+    log: dict[str, list[Any]] = {
+        key: [None if name is None else h.get(name) for h in history] for key, name in names.items()
+    }
+    log["rejection"] = [s.get("n_rejected", 0) / max(s.get("n_valid", 0), 1) for s in study]
+    log["rejected_by_group"] = [np.asarray(s.get("rej", np.zeros(6))).tolist() for s in study]
+    log["tokens_by_group"] = [np.asarray(s.get("tot", np.zeros(6))).tolist() for s in study]
+    log["token_m_F"] = [s.get("m_F", []) for s in study]
+    log["token_m_H"] = [s.get("m_H", []) for s in study]
+    return log
+
+
+def run_llm(
+    setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path, rates: list[float] | None = None
+) -> dict[str, Any]:
+    """Train one arm on one seed; returns the run record (per-step logs, ``score`` = test accuracy)."""
+    from transformers import set_seed
+
+    from capo_app.recipe import parse_recipe
+    from capo_app.rewards import reward_functions
+    from capo_app.run import load_policy, load_test_set, load_train_set, train_prompt_format
+    from capo_app.tiny import accuracy
+
+    start = time.perf_counter()
+    method = PAPER.key if arm.masking == "capo" else "grpo"
+    script_args, config, _ = parse_recipe(
+        ["--method", method], overrides=_overrides(setup, arm, lr, seed, out)
+    )
+    set_seed(config.seed)
+    model, tokenizer = load_policy(script_args, config)
+    if setup.head_only:
+        _freeze_backbone(model)
+    fmt = train_prompt_format(script_args)
+    train_set = load_train_set(script_args, config, fmt)
+    test_set = load_test_set(script_args, config, fmt)
+    trainer = _study_trainer_class()(
+        model=model,
+        reward_funcs=reward_functions(script_args.reward_funcs),
+        args=config,
+        train_dataset=train_set,
+        processing_class=tokenizer,
+    )
+    trainer.study_rule = _rule(arm, rates, seed)
+    trainer.study_samples = setup.shift_samples
+    per_step = setup.prompts_per_step * arm.batch_ratio * setup.group_size
+    evals: dict[str, list[Any]] = {"eval_step": [], "score": [], "completions": []}
+
+    def measure(step: int) -> None:
+        net = trainer.accelerator.unwrap_model(trainer.model)
+        value = accuracy(net, tokenizer, test_set, max_new_tokens=setup.max_completion_length)
+        evals["eval_step"].append(step)
+        evals["score"].append(value)
+        evals["completions"].append(step * per_step)
+
+    trainer.add_callback(_eval_callback(trainer, setup.eval_every, measure))
+    measure(0)
+    trainer.train()
+    measure(setup.steps)
+    log = _step_logs(trainer, per_step)
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "lr": lr,
+        **log,
+        **evals,
+        "seconds": time.perf_counter() - start,
+    }

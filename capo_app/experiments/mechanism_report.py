@@ -1,0 +1,235 @@
+"""The mechanism study's report: ``report.md`` (criteria first, then results), ``results.json``, figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capo_app.experiments.arms import GROUPS
+from capo_app.experiments.figures import write_figures
+from capo_app.experiments.protocol import CRASH_MARGIN, NEAR_ZERO_REWARD, RegimeResult
+from capo_app.experiments.verdict import CRITERIA, arm_summary, judge, paired
+
+__all__ = ["PREVIOUS", "summarize", "write_report"]
+
+PREVIOUS = """Headline numbers of the previous small-scale study (`docs/stability`, now retired), for comparison:
+tiny LLM, 30 steps, aggressive lr 3e-4 (16 completions/step), 5 seeds: held-out accuracy base 0.432 ->
+GRPO (A) 0.190 ± 0.013, CAPO (A) with swept thresholds 0.200 ± 0.020, ReinCAPO (A) 0.228 ± 0.014,
+conservative GRPO (lr 6e-5, 192 completions/step) 0.468 ± 0.020; the measured true KL per step was 2,600x
+(conservative GRPO) to 88,000x (CAPO) the logged global m_F. Exact toy MDP (old task): no baseline collapsed
+at any lr; CAPO ended at J 0.56 vs GRPO (A) 0.91; random masking at CAPO's rate 0.83."""
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _mean_se(values: list[float]) -> str:
+    x = np.asarray(values, dtype=np.float64)
+    se = x.std(ddof=1) / np.sqrt(x.size) if x.size > 1 else 0.0
+    return f"{x.mean():.3f} ± {se:.3f}"
+
+
+def _kl_max(values: list[float | None]) -> str:
+    finite = [v for v in values if v is not None]
+    return "not measured" if not finite else _fmt(float(np.median(finite)))
+
+
+def summarize(res: RegimeResult) -> dict[str, dict[str, Any]]:
+    """Arm summaries (``results.json`` rows) keyed by arm name, in run order."""
+    out = {}
+    for arm in res.arms:
+        lr = res.lr[arm["optimizer"]] * arm["lr_scale"]
+        out[arm["name"]] = arm_summary(arm, lr, res.runs[arm["name"]])
+    return out
+
+
+def _arm_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| arm | lr | final (mean ± SE) | min | crashed | rejection | max KL (median) | "
+        "max predicted KL | vs GRPO (A) (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries.values():
+        ref = summaries.get(f"{s['optimizer']}/grpo_a")
+        d, se = paired(s["final"], ref["final"]) if ref else (float("nan"), float("nan"))
+        lines.append(
+            f"| {s['label']} | {_fmt(s['lr'])} | {_mean_se(s['final'])} | {_mean_se(s['min'])} | "
+            f"{sum(s['crashed'])}/{len(s['crashed'])} | {np.mean(s['rejection_mean']):.3f} | "
+            f"{_kl_max(s['true_kl_max'])} | {_kl_max(s['kl_predicted_max'])} | {d:+.3f} ± {se:.3f} |"
+        )
+    return lines
+
+
+def _kl_agreement(res: RegimeResult) -> list[str]:
+    """Spearman and median ratio of measured KL to the two predictions, over all steps of all arms."""
+    from scipy.stats import spearmanr
+
+    lines = []
+    for key, what in (
+        ("kl_predicted", "½vᵀFv of the step taken, all tokens"),
+        ("global_m_F", "the paper's global m_F (kept tokens)"),
+    ):
+        pairs = np.asarray(
+            [
+                (p, t)
+                for rs in res.runs.values()
+                for r in rs
+                for p, t in zip(r[key], r["true_kl"], strict=False)
+                if p is not None and t is not None and p > 0 and 0 < t < np.inf
+            ]
+        )
+        if pairs.size == 0:
+            lines.append(f"- {what}: not measured")
+            continue
+        rho = float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+        ratio = np.median(pairs[:, 1] / pairs[:, 0])
+        lines.append(
+            f"- {what}: Spearman {rho:.2f} over {len(pairs)} steps; "
+            f"median measured / predicted {ratio:.3g}"
+        )
+    return lines
+
+
+def _group_lines(res: RegimeResult, summaries: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| token group | GRPO (A) without it: final | crashed | CAPO (paper) rejects | "
+        "best CAPO arm rejects |",
+        "|---|---|---|---|---|",
+    ]
+    capo = [a["name"] for a in res.arms if a["masking"] == "capo" and a["optimizer"] == "adam"]
+    shown = capo[:2]
+    rates = {}
+    for name in shown:
+        rej = np.sum([np.sum(r["rejected_by_group"], axis=0) for r in res.runs[name]], axis=0)
+        tot = np.sum([np.sum(r["tokens_by_group"], axis=0) for r in res.runs[name]], axis=0)
+        rates[name] = rej / np.maximum(tot, 1)
+    for g, group in enumerate(GROUPS):
+        s = summaries.get(f"adam/grpo_a_minus_g{g}")
+        fin = _mean_se(s["final"]) if s else "not run"
+        crash = f"{sum(s['crashed'])}/{len(s['crashed'])}" if s else "-"
+        cells = [f"{rates[n][g]:.3f}" if n in rates else "-" for n in [*shown, "", ""][:2]]
+        lines.append(f"| {group} | {fin} | {crash} | {cells[0]} | {cells[1]} |")
+    if shown:
+        lines.append(f"\n(CAPO columns: {', '.join(shown)}.)")
+    return lines
+
+
+def _regime_section(
+    name: str, res: RegimeResult, summaries: dict[str, Any], v: dict[str, Any]
+) -> list[str]:
+    lines = [f"## Regime `{name}`", ""]
+    for opt, lr in res.lr.items():
+        lines.append(f"- {opt}: aggressive lr **{lr:g}** ({res.lr_rule[opt]})")
+    if res.best:
+        lines.append(f"- percentile selected on the tuning seeds: {res.best}")
+    lines.append(
+        f"- run time: tuning {res.seconds.get('tuning', 0):.0f} s, "
+        f"evaluation {res.seconds.get('evaluation', 0):.0f} s"
+    )
+    lines += [
+        "",
+        "Tuning (GRPO (A), tuning seeds):",
+        "",
+        "| optimizer | lr | seed | base | final | train reward (last 20%) | crashed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['optimizer']} | {r['lr']:g} | {r['seed']} | {r['base']:.3f} | {r['final']:.3f} | "
+        f"{r['train_tail']:.3f} | {r['crashed']} |"
+        for r in res.lr_sweep
+    ]
+    lines += ["", *_arm_table(summaries), ""]
+    lines += [
+        f"**Verdict: {v['verdict']}** ({v['reason']}). V1 (GRPO (A) crashes in >= 4/5): {v['V1']}; "
+        f"V2 (conservative or lower-lr GRPO (A) beats base by > 2 SE): {v['V2']} "
+        f"(gains {', '.join(f'{k}: {m:+.3f} ± {se:.3f}' for k, (m, se) in v['gains_over_base'].items())}).",
+        "",
+        "| capo arm | rejection | kept seeds | vs random (paired) | C1 | C2 | completions to "
+        f"target {_fmt(v['target'])} (lower-lr: {v['target_arm']}) | C3 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in v["checks"]:
+        lines.append(
+            f"| {c['arm']} | {c['rejection']:.3f} | {c['kept_seeds']}/{c['n_seeds']} | "
+            f"{c['vs_random'][0]:+.3f} ± {c['vs_random'][1]:.3f} | {c['C1']} | {c['C2']} | "
+            f"{_fmt(c['completions_to_target'])} vs {_fmt(c['lower_lr_completions'])} | {c['C3']} |"
+        )
+    lines += [
+        "",
+        "What drives the crash (GRPO (A) with one token group's gradient removed) and whether CAPO "
+        "rejects those tokens:",
+        "",
+        *_group_lines(res, summaries),
+        "",
+        "Predicted vs measured KL per step:",
+        "",
+        *_kl_agreement(res),
+        "",
+    ]
+    return lines
+
+
+def _key_arms(res: RegimeResult) -> dict[str, list[str]]:
+    names = [a["name"] for a in res.arms]
+    capo = [n for n in names if n.startswith("adam/capo")]
+    curves = [n for n in names if n.startswith("adam/") and "minus" not in n and "random" not in n][
+        :6
+    ]
+    return {"groups": capo[:3] or names[:1], "curves": curves}
+
+
+def write_report(results: dict[str, RegimeResult], out: Path, header: str) -> Path:
+    """Write ``report.md``, ``results.json`` and the figures under ``out``; returns the report path."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {name: summarize(res) for name, res in results.items()}
+    verdicts = {name: judge(res, summaries[name]) for name, res in results.items()}
+    figures = write_figures(
+        out,
+        {
+            n: {"summaries": summaries[n], "runs": r.runs, "key_arms": _key_arms(r)}
+            for n, r in results.items()
+        },
+    )
+    data = {
+        "regimes": {
+            n: {
+                "arms": list(summaries[n].values()),
+                "lr": r.lr,
+                "lr_rule": r.lr_rule,
+                "lr_sweep": r.lr_sweep,
+                "best_percentile": r.best,
+                "checks": verdicts[n],
+                "seconds": r.seconds,
+            }
+            for n, r in results.items()
+        },
+        "verdict": {n: v["verdict"] for n, v in verdicts.items()},
+        "figures": figures,
+    }
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=float))
+    lines = [
+        header,
+        "",
+        "## Criteria (fixed before the results)",
+        "",
+        CRITERIA,
+        "",
+        f"A run *crashed* if its final score (mean of the last 20% of its evaluations) is more than "
+        f"{CRASH_MARGIN} below its base score, or its training reward over the last 20% of steps is "
+        f"<= {NEAR_ZERO_REWARD}.",
+        "",
+        "## Before this study",
+        "",
+        PREVIOUS,
+        "",
+    ]
+    for name, res in results.items():
+        lines += _regime_section(name, res, summaries[name], verdicts[name])
+    lines += ["## Figures", ""] + [f"- {k}: ![{k}]({v})" for k, v in figures.items()]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

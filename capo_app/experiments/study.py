@@ -1,0 +1,153 @@
+"""The mechanism study: ``python -m capo_app.experiments.study [--quick] [--regimes toy,head,full] [--out DIR]``.
+
+Does curvature-aware masking control the policy shift, and when? Three regimes (exact toy token MDP, tiny
+LLM with only ``lm_head`` trained, tiny LLM with every parameter trained), the same arms in each
+(:mod:`capo_app.experiments.arms`), the protocol of :mod:`capo_app.experiments.protocol`, the criteria
+and verdicts of :mod:`capo_app.experiments.verdict`, the report of
+:mod:`capo_app.experiments.mechanism_report`. ``--quick`` is the smoke configuration (< 60 s, toy only
+unless ``--regimes`` says otherwise); its artefacts are labelled as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from capo_app.experiments.llm_regime import LLMSetup
+from capo_app.experiments.mechanism_report import write_report
+from capo_app.experiments.protocol import RegimeConfig, RegimeResult, run_regime
+from capo_app.experiments.toy_regime import ToySetup
+from toy_mdps.prefix_tree import TaskSpec
+
+__all__ = ["FULL", "QUICK", "main"]
+
+TOY_TASK = TaskSpec(
+    vocab_size=10, horizon=3, n_prompts=16, n_random=32, cue_scale=1.0, cue_noise=0.3,
+    bias_scale=6.0, n_junk=2, seed=0,
+)  # fmt: skip
+"""The toy task: a large shared ("bias") feature lets an aggressive step move a token everywhere."""
+
+FULL: dict[str, RegimeConfig] = {
+    "toy": RegimeConfig(
+        "toy",
+        ToySetup(task=TOY_TASK, steps=60, prompts_per_step=8, cue_weight=3.0),
+        lr_grid={"adam": (3.0, 10.0, 30.0), "sgd": (10.0, 30.0, 100.0)},
+    ),
+    "head": RegimeConfig(
+        "head",
+        LLMSetup(head_only=True),
+        lr_grid={"adam": (1e-3, 3e-3, 1e-2), "sgd": (0.3, 1.0, 3.0)},
+        bands=(False,),
+        lr_scales=(0.25,),
+        select_best=True,
+        groups=False,
+    ),
+    "full": RegimeConfig(
+        "full",
+        LLMSetup(head_only=False),
+        lr_grid={"adam": (1e-4, 3e-4, 1e-3), "sgd": (0.03, 0.1, 0.3)},
+        bands=(False,),
+        lr_scales=(0.25,),
+        select_best=True,
+        groups=False,
+    ),
+}
+"""The reported configuration."""
+
+_TINY_LLM = LLMSetup(
+    steps=2, group_size=4, prompts_per_step=1, eval_every=0, num_test_problems=4,
+    num_train_problems=64, max_completion_length=16,
+)  # fmt: skip
+
+QUICK: dict[str, RegimeConfig] = {
+    "toy": replace(
+        FULL["toy"],
+        setup=ToySetup(
+            task=replace(TOY_TASK, n_prompts=4, n_random=4),
+            steps=6,
+            prompts_per_step=2,
+            group_size=4,
+            cue_weight=3.0,
+            shift_samples=400,
+        ),
+        lr_grid={"adam": (10.0,), "sgd": (30.0,)},
+        tuning_seeds=(1000,),
+        seeds=(0, 1),
+        percentiles=(95.0,),
+        conservative=(0.2, 2),
+    ),
+    "head": replace(
+        FULL["head"],
+        setup=replace(_TINY_LLM, head_only=True),
+        lr_grid={"adam": (1e-2,), "sgd": (1.0,)},
+        tuning_seeds=(1000,),
+        seeds=(0,),
+        percentiles=(95.0,),
+        conservative=(0.2, 2),
+    ),
+    "full": replace(
+        FULL["full"],
+        setup=_TINY_LLM,
+        lr_grid={"adam": (1e-3,), "sgd": (0.1,)},
+        tuning_seeds=(1000,),
+        seeds=(0,),
+        percentiles=(95.0,),
+        conservative=(0.2, 2),
+    ),
+}
+"""The smoke configuration (toy: seconds; LLM regimes: a few runs of 2 steps)."""
+
+
+def run_study(configs: dict[str, RegimeConfig], regimes: Sequence[str], out: Path) -> Path:
+    """Run the regimes in order and write the report; returns its path."""
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[study {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    results: dict[str, RegimeResult] = {}
+    for name in regimes:
+        results[name] = run_regime(configs[name], out, say)
+        say(f"{name}: done (lr {results[name].lr})")
+    quick = configs is QUICK
+    header = (
+        "# Mechanism study: does curvature-aware masking control the policy shift, and when?\n\n"
+        + ("**QUICK SMOKE RUN** (micro configuration, not the study's results). " if quick else "")
+        + (
+            f"Regimes {', '.join(regimes)}; wall time {time.perf_counter() - start:.0f} s on one CPU core "
+            "(shared machine). Arms, protocol and criteria: `capo_app.experiments.study` and the "
+            "modules it names."
+        )
+    )
+    return write_report(results, out, header)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (see the module doc)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m capo_app.experiments.study", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--out", default="outputs/mechanism", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="smoke configuration (< 60 s)")
+    parser.add_argument("--regimes", default=None, help="comma-separated subset of toy,head,full")
+    args = parser.parse_args(argv)
+    configs = QUICK if args.quick else FULL
+    regimes = (args.regimes or ("toy" if args.quick else "toy,head,full")).split(",")
+    unknown = [r for r in regimes if r not in configs]
+    if unknown:
+        parser.error(f"unknown regime(s) {', '.join(unknown)}; choose from {', '.join(configs)}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    path = run_study(configs, regimes, Path(args.out))
+    print(f"report: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
