@@ -1,0 +1,144 @@
+"""Resuming ``capo train``: which checkpoint to start from, and the run record each checkpoint carries.
+
+``--resume_from_checkpoint PATH`` resumes from that checkpoint; ``--resume_from_checkpoint true`` from the last
+complete checkpoint of ``--output-dir`` (a fresh start when the folder holds no checkpoint yet, so one command
+line restarts a pre-empted job). A checkpoint is complete when :func:`capo.checkpoint.missing_files` finds
+nothing missing and it holds the run record ``capo_run.json``. Naming a checkpoint that lacks the CAPO state (a
+run killed while saving) is refused unless ``--resume_without_capo_state true`` accepts that the moments restart
+from zero. A fresh run into a folder that holds checkpoints is refused by :mod:`capo_app.run_folder`.
+
+The run record (:class:`capo_app.run_record.RunRecorder`) is what ``capo train`` reports beyond the trainer state: the per-step
+history, the held-out accuracy points, the wall time and the resumes so far. With it, the summary, ``log.json``
+and plots of a resumed run cover the whole run. The trainer state restores the weights, optimizer, scheduler,
+CAPO moments and the Python, NumPy and torch RNG states (transformers' ``rng_state.pth``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from capo.checkpoint import TRAINER_STATE_FILE, checkpoint_folders, missing_files
+from capo_app.checks import UsageError
+
+__all__ = [
+    "RUN_RECORD_FILE",
+    "ResumeError",
+    "ResumePoint",
+    "last_resumable",
+    "resume_point",
+]
+
+RUN_RECORD_FILE = "capo_run.json"
+"""The application's run record inside a checkpoint (history, accuracy points, wall time, resumes)."""
+
+_LAST = ("true", "yes", "1", "last")
+_NONE = ("", "false", "no", "0", "none")
+
+
+class ResumeError(UsageError):
+    """A resume request that ``capo train`` refuses; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint to resume from.
+
+    Attributes:
+        checkpoint: Its folder.
+        step: The optimizer steps it holds (``global_step`` of its trainer state).
+        record: Its run record (``{}`` when it has none).
+    """
+
+    checkpoint: str
+    step: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _missing(folder: str) -> list[str]:
+    missing = missing_files(folder)
+    if not missing and not os.path.isfile(os.path.join(folder, RUN_RECORD_FILE)):
+        missing = [RUN_RECORD_FILE]
+    return missing
+
+
+def last_resumable(output_dir: str) -> str | None:
+    """The complete checkpoint (module doc) of ``output_dir`` with the highest step, or None."""
+    for _, path in reversed(checkpoint_folders(output_dir)):
+        if not _missing(path):
+            return path
+    return None
+
+
+def _read(folder: str, name: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(folder, name)) as f:
+            loaded = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _checked(path: str, without_capo_state: bool) -> ResumePoint:
+    """Validate an explicitly named checkpoint (refuse or warn, module doc)."""
+    if not os.path.isdir(path):
+        raise ResumeError(f"--resume_from_checkpoint {path}: no such folder")
+    missing = _missing(path)
+    if TRAINER_STATE_FILE in missing:
+        raise ResumeError(
+            f"{path} is not a complete checkpoint (no readable {TRAINER_STATE_FILE}); "
+            f"resume from an earlier one or with --resume_from_checkpoint true"
+        )
+    if missing and missing != [RUN_RECORD_FILE]:
+        if not without_capo_state:
+            raise ResumeError(
+                f"{path} lacks {missing[0]} (the run stopped while saving it): the CAPO moments would "
+                f"restart from zero; pass --resume_without_capo_state true to accept that, or resume "
+                f"with --resume_from_checkpoint true (the last complete checkpoint)"
+            )
+        warnings.warn(
+            f"{path} lacks {missing[0]}: the CAPO moments restart from zero", stacklevel=2
+        )
+    step = int(_read(path, TRAINER_STATE_FILE).get("global_step", 0))
+    if not os.path.isfile(os.path.join(path, RUN_RECORD_FILE)):
+        print(
+            f"capo train: {path} has no {RUN_RECORD_FILE}: the accuracy measured before it is lost"
+        )
+    return ResumePoint(path, step, _read(path, RUN_RECORD_FILE))
+
+
+def resume_point(
+    output_dir: str, request: str | None, without_capo_state: bool = False
+) -> ResumePoint | None:
+    """Resolve ``--resume_from_checkpoint`` (module doc): the checkpoint to resume from, or None for a fresh run.
+
+    Args:
+        output_dir: The run's output folder.
+        request: A checkpoint folder, ``true`` (the last complete checkpoint of ``output_dir``), or None/``false``.
+        without_capo_state: Accept a named checkpoint that lacks the CAPO state (the moments restart from zero).
+
+    Raises:
+        ResumeError: The checkpoint cannot be resumed from.
+    """
+    text = "" if request is None else str(request).strip()
+    if text.lower() in _NONE:
+        return None
+    if text.lower() in _LAST:
+        last = last_resumable(output_dir)
+        found = checkpoint_folders(output_dir)
+        if last is None and found:
+            names = ", ".join(os.path.basename(p) for _, p in found)
+            raise ResumeError(
+                f"no complete checkpoint in {output_dir} ({names} are incomplete); name one with "
+                f"--resume_from_checkpoint PATH"
+            )
+        if last is None:
+            print(f"capo train: no checkpoint in {output_dir} yet; starting a fresh run")
+            return None
+        text = last
+    point = _checked(text, without_capo_state)
+    print(f"capo train: resuming from {point.checkpoint} (step {point.step})")
+    return point
