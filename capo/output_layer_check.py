@@ -60,13 +60,18 @@ def output_layer_training(model: nn.Module) -> OutputLayerTraining:
     """Inspect the output layer of a (PEFT-wrapped) causal LM: trainable, adapter-wrapped, tied.
 
     Raises:
-        ValueError: if the model has no output layer with a weight.
+        ValueError: if the model has no output layer whose weight is a parameter.
     """
     lm: Any = causal_lm_of(model)
     head = lm.get_output_embeddings()
     weight = getattr(head, "weight", None)  # PEFT's ModulesToSaveWrapper gives the active copy
-    if not isinstance(head, nn.Module) or not isinstance(weight, nn.Parameter):
+    if not isinstance(head, nn.Module) or weight is None:
         raise ValueError("CAPO needs a model with output embeddings (an lm_head with a weight)")
+    if not isinstance(weight, nn.Parameter):  # e.g. a view into a flattened (FSDP) parameter
+        raise ValueError(
+            f"the output layer's weight is a {type(weight).__name__}, not a parameter of the model: "
+            "CAPO cannot tell how the optimizer trains it (FSDP flat parameters are not supported)"
+        )
     bias = getattr(head, "bias", None)
     own = {id(weight), id(bias)}
     adapters = tuple(

@@ -128,3 +128,12 @@ def test_tied_embeddings_warn_once_and_modules_to_save_does_not_warn(tmp_path):
         warnings.simplefilter("always")
         build(tmp_path / "copy", tied_tiny_model(), LoraConfig(**LORA, modules_to_save=["lm_head"]))
     assert not [w for w in caught if "tied input/output embeddings" in str(w.message)]
+
+
+def test_a_head_weight_that_is_not_a_parameter_is_refused():
+    model = H.tiny_model()
+    weight = model.lm_head.weight.detach().clone()
+    del model.lm_head.weight
+    model.lm_head.weight = weight  # a plain tensor, as a view into a flattened FSDP parameter
+    with pytest.raises(ValueError, match="not a parameter of the model"):
+        output_layer_training(model)
