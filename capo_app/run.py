@@ -83,7 +83,7 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(
             name, trust_remote_code=bool(config.trust_remote_code)
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, or a name that is no hub id
         raise UsageError(f"cannot load model {name}: {_first_line(error)}") from error
     _check_support_fits(config, len(tokenizer))
     return name, tokenizer

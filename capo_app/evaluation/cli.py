@@ -133,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model = (
             AutoModelForCausalLM.from_pretrained(args.model) if args.backend == "hf" else args.model
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, or a name that is no hub id
         raise UsageError(
             f"cannot load model {args.model}: {str(error).strip().splitlines()[0]}"
         ) from error

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +8,7 @@ import yaml
 from capo.config import CAPO_VARIANTS
 from capo.methods import PAPER_THRESHOLDS
 from capo_app.cli import main as capo_main
+from capo_app.data import make_arithmetic_dataset
 from capo_app.recipe import METHODS, TINY_DEFAULTS, check_method, parse_recipe
 
 # method -> (variant, masking on, key of the paper's thresholds)
@@ -96,10 +96,10 @@ def test_capo_help_lists_train_and_train_help_exits_cleanly(capsys):
 
 
 @pytest.mark.slow
-def test_short_train_run_writes_log_plots_and_model(tmp_path, capsys):
+def test_short_run_records_every_step_and_capo_eval_prompts_the_model_as_trained(tmp_path, capsys):
     out = tmp_path / "run"
     args = [
-        "--max-steps", "2", "--output-dir", str(out), "--seed", "1",
+        "--max-steps", "3", "--logging_steps", "2", "--output-dir", str(out), "--seed", "1",
         "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "16",
         "--num_train_problems", "32", "--num_test_problems", "8", "--eval_every", "1",
         "--warm_start_steps", "0", "--tiny_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true",
@@ -108,22 +108,35 @@ def test_short_train_run_writes_log_plots_and_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "capo train: summary" in printed and "test accuracy before" in printed
     log = json.loads((out / "log.json").read_text())
-    assert set(log) == {"summary", "run", "history", "test_accuracy"}
-    assert [r["step"] for r in log["history"]] == [1, 2]
-    assert [r["completions"] for r in log["history"]] == [8, 16]
+    assert set(log) >= {"summary", "run", "history", "test_accuracy"}
+    # logging_steps 2 does not merge steps: one record per optimizer step, counts per step.
+    assert [r["step"] for r in log["history"]] == [1, 2, 3]
+    assert [r["completions"] for r in log["history"]] == [8, 16, 24]
+    assert [r["capo/completions_seen"] for r in log["history"]] == [8, 16, 24]
     for key in ("reward", "loss", "learning_rate", "capo/rejection_rate", "capo/rejection_rate_hessian",
-                "capo/rejection_rate_fisher", "capo/completions_seen", "capo/global_m_H", "capo/global_m_F",
-                "capo/true_kl"):  # fmt: skip
+                "capo/rejection_rate_fisher", "capo/global_m_H", "capo/global_m_F", "capo/true_kl"):  # fmt: skip
         assert all(key in r for r in log["history"]), key
-    assert [p["step"] for p in log["test_accuracy"]] == [0, 1, 2]
+    assert [p["step"] for p in log["test_accuracy"]] == [0, 1, 2, 3]
     summary = log["summary"]
-    assert (summary["method"], summary["steps"], summary["completions"]) == ("CAPO", 2, 16)
-    assert 0.0 <= summary["rejection_rate_peak"] <= 1.0
-    assert log["run"]["config"]["max_steps"] == 2 and log["run"]["fisher_max"] == 1e-4
+    assert (summary["method"], summary["steps"], summary["completions"]) == ("CAPO", 3, 24)
+    assert summary["train_reward_first"] == log["history"][0]["reward"]
+    rejection = [r["capo/rejection_rate"] for r in log["history"]]
+    assert summary["rejection_rate_peak"] == max(rejection)
+    assert log["run"]["config"]["max_steps"] == 3 and log["run"]["fisher_max"] == 1e-4
     for name in ("accuracy_reward.png", "rejection_rate.png", "curvature.png"):
         assert (out / name).stat().st_size > 10_000, name
-    # A random init earns reward 0, so the policy does not move and the (log-scale) KL plot is skipped.
-    kl = [r["capo/true_kl"] for r in log["history"]]
-    assert (out / "true_kl.png").exists() == any(v is not None and v > 0 for v in kl)
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    assert Path(tmp_path / "cache").is_dir()
+    assert json.loads((out / "capo_prompt.json").read_text())["template"] == "Q: {question}\nA: "
+    # capo eval on the output folder: prompted as trained, results inside the folder.
+    bench = tmp_path / "bench.jsonl"
+    make_arithmetic_dataset(4, "test").select_columns(["question", "answer"]).to_json(bench)
+    assert capo_main(["eval", "--model", str(out), "--benchmarks", str(bench), "--max-new-tokens", "8",
+                      "--no-progress"]) == 0  # fmt: skip
+    settings = json.loads((out / "capo_eval" / "eval_results.json").read_text())["settings"]
+    fmt = settings["prompt_format"]
+    assert (fmt["conversational"], fmt["template"]) == (False, "Q: {question}\nA: ")
+    assert fmt["source"].startswith("as trained")
+    # A second run into the same folder is refused before anything loads.
+    capsys.readouterr()
+    assert capo_main(["train", *args]) == 2
+    assert "holds another run" in capsys.readouterr().err
