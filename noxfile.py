@@ -95,3 +95,11 @@ def experiment(session: nox.Session) -> None:
     session.run(
         "python", "-m", "capo_app.experiments.stability", *args, env={"OMP_NUM_THREADS": "1"}
     )
+
+
+@nox.session
+def projection(session: nox.Session) -> None:
+    """Per-GPU extra memory and H100 step time of CAPO at the paper's shapes (benchmarks/projection.py)."""
+    install_project(session, "train,dev")
+    args = session.posargs or ["--out", "outputs/projection.json"]
+    session.run("python", "benchmarks/projection.py", *args, env={"OMP_NUM_THREADS": "1"})

@@ -198,7 +198,7 @@ class SparseAdamMoments:
         cap = self._m.shape[0]
         if needed <= cap:
             return
-        new_cap = max(needed, 2 * cap, 64)
+        new_cap = min(max(needed, 2 * cap, 64), self.vocab_size)  # never more rows than V
         dev, h = self.device, self.hidden_size
         ids = torch.empty(new_cap, dtype=torch.int64, device=dev)
         last = torch.zeros(new_cap, dtype=torch.int64, device=dev)
@@ -237,7 +237,8 @@ class SparseAdamMoments:
         if r > 1 and bool((torch.sort(row_ids).values.diff() == 0).any()):
             raise ValueError(f"row_ids {_shape(row_ids)} must be unique")
         block = max(1, _BLOCK_BYTES // (8 * self.hidden_size))  # rows per block of temporaries
-        if not all(bool(torch.isfinite(gb).all()) for gb in row_grads.split(block)):
+        finite = [torch.isfinite(gb).all() for gb in row_grads.split(block)]
+        if finite and not bool(torch.stack(finite).all()):  # one host sync, not one per block
             raise ValueError(f"row_grads {_shape(row_grads)} has non-finite entries")
         if row_grads.dtype == torch.float64:
             self._promote_to_float64()

@@ -1,0 +1,243 @@
+"""One rank's CAPO optimizer step run for real under :class:`allocations.OpCounter` (see projection.py).
+
+The step calls the library functions the trainer calls, in its order (``CAPOTrainer._capo_micro_batch``
+for each micro-batch, ``CAPOTrainer._capo_update`` at the step end), with a one-process all-reduce (the
+identity). Hidden states and the output layer exist before the step (the model's), as do the moments'
+stored rows; everything CAPO allocates is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from allocations import OpCounter, OpRecord, PhaseTotals
+
+from capo.gradients import last_layer_gradient
+from capo.masking import select_tokens
+from capo.moments import SparseAdamMoments
+from capo.moments_sync import allreduce_sparse_rows, global_shifts, merge_rows
+from capo.selection import Thresholds
+from capo.steps import AdamStep
+from capo.tokens import TokenBatch
+from capo.true_kl import full_vocab_kl
+
+__all__ = [
+    "MICRO_PHASES",
+    "Hardware",
+    "measure_step",
+    "measure_true_kl",
+    "rows_key",
+    "run_step",
+    "synthetic_inputs",
+]
+
+LR = 1.5e-5
+TEMPERATURE = 0.9
+POOL_SCALE = 8.0
+"""Pool rows of the output layer are scaled by this power of two (exact in bf16): top-k stays in the pool."""
+MICRO_PHASES = ("select", "gradient", "accepted")
+STEP_END_PHASES = ("merge", "allreduce", "global_shifts", "moments_update")
+
+
+def rows_key(quantity: str) -> str:
+    """The row count a quantity scales with: a micro-batch's own rows, or the step's union."""
+    phase = quantity.split(".")[1]
+    return "U_micro" if phase in MICRO_PHASES or phase == "peak_forward" else "U"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """H100 SXM5 figures (dense, no sparsity): peak FLOP/s by dtype, HBM3 bandwidth, fixed costs."""
+
+    bf16_flops: float = 989e12
+    fp32_flops: float = 67e12
+    fp64_flops: float = 67e12
+    bandwidth: float = 3.35e12
+    launch_s: float = 5e-6
+    sync_s: float = 20e-6
+
+    def op_seconds(self, op: OpRecord) -> float:
+        """Roofline time of one op: max(FLOPs / peak of its dtype, bytes / bandwidth)."""
+        peak = {torch.bfloat16: self.bf16_flops, torch.float16: self.bf16_flops}.get(
+            op.dtype, self.fp64_flops if op.dtype == torch.float64 else self.fp32_flops
+        )
+        return max(op.flops / peak, op.bytes / self.bandwidth)
+
+
+@lru_cache(maxsize=1)
+def _weight(vocab: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    w = torch.empty(vocab, hidden, dtype=dtype)
+    for r0 in range(0, vocab, 8192):  # float32 temporaries of 8192 rows at a time
+        w[r0 : r0 + 8192] = torch.randn(min(8192, vocab - r0), hidden, generator=g) / math.sqrt(
+            hidden
+        )
+    return w
+
+
+def _phase_quantities(phases: dict[str, list[PhaseTotals]], hw: Hardware) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in MICRO_PHASES + STEP_END_PHASES:
+        occ = phases[name]
+        out[f"mem.{name}.retained"] = sum(p.retained for p in occ) / len(occ)
+        out[f"mem.{name}.scratch"] = max(p.scratch for p in occ)
+        ops = [op for p in occ for op in p.ops]
+        out[f"work.{name}.flops"] = float(sum(op.flops for op in ops))
+        out[f"work.{name}.bytes"] = float(sum(op.bytes for op in ops))
+        out[f"work.{name}.roofline_s"] = sum(hw.op_seconds(op) for op in ops)
+        out[f"work.{name}.kernels"] = float(sum(not op.sync for op in ops))
+        out[f"work.{name}.syncs"] = float(sum(op.sync for op in ops))
+    out["mem.peak_forward"] = max(p.peak for n in MICRO_PHASES for p in phases[n])
+    out["mem.peak_step_end"] = max(p.peak for n in STEP_END_PHASES for p in phases[n])
+    return out
+
+
+Phase = Callable[[str], AbstractContextManager[object]]
+"""``phase(name)``: a context manager around each part of the step (:meth:`OpCounter.phase`, or none)."""
+
+
+def no_phase(name: str) -> AbstractContextManager[object]:
+    """A :data:`Phase` that records nothing."""
+    del name
+    return nullcontext()
+
+
+def _micro_batch(
+    phase: Phase,
+    weight: torch.Tensor,
+    k: int,
+    inputs: tuple,
+    moments: SparseAdamMoments,
+    chunk: int | None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], TokenBatch]:
+    """``CAPOTrainer._capo_micro_batch`` with every token accepted: (gradient part, accepted tokens)."""
+    hidden, ids, valid, adv = inputs
+    with phase("select"):
+        sel = select_tokens(
+            hidden, ids, valid, adv, weight=weight, bias=None, support_size=k,
+            temperature=TEMPERATURE, step=AdamStep(LR, moments),
+            thresholds=Thresholds(None, None, None), granularity="token", chunk_size=chunk,
+        )  # fmt: skip
+    applied = sel.keep_flat
+    with phase("gradient"):
+        part = last_layer_gradient(sel.batch, applied, reduction="sum", chunk_size=chunk)
+    with phase("accepted"):
+        accepted = sel.batch.select_tokens(applied)
+    return part, accepted
+
+
+def _step_end(
+    phase: Phase,
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+    accepted: list[TokenBatch],
+    moments: SparseAdamMoments,
+    chunk: int | None,
+) -> int:
+    """``CAPOTrainer._capo_update`` on one process; returns U, the rows of the accepted gradient."""
+    n_acc = sum(b.num_tokens for b in accepted)
+    dev = parts[0][1].device
+    with phase("merge"):
+        ids, rows = merge_rows(parts, moments.hidden_size, torch.float32, dev)
+    with phase("allreduce"):
+        union, grad_sum = allreduce_sparse_rows(ids, rows, moments.vocab_size, lambda t: t)
+    with phase("global_shifts"):
+        grad = grad_sum / max(n_acc, 1)
+        global_shifts(
+            AdamStep(LR, moments), union, grad, accepted, n_acc, lambda t: t, chunk or 256
+        )
+    with phase("moments_update"):
+        moments.update(union, grad)
+    return int(union.numel())
+
+
+def run_step(
+    weight: torch.Tensor,
+    inputs: list[tuple],
+    moments: SparseAdamMoments,
+    k: int,
+    phase: Phase = no_phase,
+    chunk_size: int | None = None,
+) -> tuple[int, float]:
+    """One CAPO optimizer step of one rank: the micro-batches ``inputs``, then the step end.
+
+    Args:
+        weight: [V, H] output layer.
+        inputs: per micro-batch (hidden [1, n, H], sampled ids [1, n], valid [1, n], advantages [1, n]).
+        moments: the tracked moments (updated: t += 1).
+        k: support size.
+        phase: wraps each part of the step.
+        chunk_size: ``CAPOConfig.capo_chunk_size`` (None: the library's memory-budget defaults).
+
+    Returns:
+        (U, the union rows of the step's gradient; the mean rows of one micro-batch's gradient).
+    """
+    parts, accepted = zip(
+        *(_micro_batch(phase, weight, k, x, moments, chunk_size) for x in inputs), strict=True
+    )
+    u = _step_end(phase, list(parts), list(accepted), moments, chunk_size)
+    return u, sum(p[0].numel() for p in parts) / len(parts)
+
+
+def synthetic_inputs(
+    weight: torch.Tensor, micro_batches: int, n: int, pool: int, seed: int
+) -> tuple[list[tuple], torch.Tensor]:
+    """Micro-batches of n random tokens sampled from ``pool`` rows, and those rows.
+
+    Scale ``weight[rows]`` by :data:`POOL_SCALE` for the run (and back) to keep the top-k supports in
+    the pool, so that the step's gradient touches about ``pool`` rows.
+    """
+    g = torch.Generator().manual_seed(seed)
+    vocab, hidden = weight.shape
+    rows = torch.randperm(vocab, generator=g)[:pool].to(weight.device)
+    dev = weight.device
+    inputs = [
+        (
+            torch.randn(1, n, hidden, generator=g).to(device=dev, dtype=weight.dtype),
+            rows[torch.randint(0, pool, (1, n), generator=g).to(dev)],
+            torch.ones(1, n, dtype=torch.bool, device=dev),
+            torch.randn(1, n, generator=g).to(dev),
+        )
+        for _ in range(micro_batches)
+    ]
+    return inputs, rows
+
+
+def measure_step(
+    hidden: int,
+    vocab: int,
+    k: int,
+    micro_batches: int,
+    n: int,
+    pool: int,
+    dtype: torch.dtype,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """Counted memory and work of one step: M micro-batches of n tokens drawn from ``pool`` rows."""
+    weight = _weight(vocab, hidden, dtype)
+    inputs, rows = synthetic_inputs(weight, micro_batches, n, pool, seed=n * 7919 + pool)
+    moments = SparseAdamMoments(vocab, hidden)
+    weight[rows] *= POOL_SCALE
+    try:
+        with OpCounter() as counter:
+            u, u_micro = run_step(weight, inputs, moments, k, counter.phase, chunk_size)
+    finally:
+        weight[rows] /= POOL_SCALE
+    sizes = {"n": float(n), "U": float(u), "U_micro": u_micro}
+    return sizes | _phase_quantities(counter.phases, Hardware())
+
+
+def measure_true_kl(hidden: int, vocab: int, n: int, dtype: torch.dtype) -> dict[str, float]:
+    """Counted memory of the true-KL diagnostic: the output-layer copy and one logits chunk's scratch."""
+    weight = _weight(vocab, hidden, dtype)
+    h = torch.randn(n, hidden, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with OpCounter() as counter:
+        with counter.phase("head_copy") as copy:
+            before = weight.clone()
+        with counter.phase("kl") as kl:
+            full_vocab_kl(h, before, None, h, weight, None, TEMPERATURE)
+    return {"tokens": float(n), "head_copy": float(copy.retained), "scratch": float(kl.scratch)}
