@@ -14,6 +14,9 @@ from tests.capo import _kl_budget_worker as W
 from tests.capo.test_distributed import REPO, free_port
 
 KL_REL = 1e-9
+"""Prediction vs measurement within one run (the same parameters)."""
+CROSS_RUN_REL = 1e-6
+"""2 processes vs 1: the gradients differ in the rounding of the all-reduce (measured up to 3e-9)."""
 
 
 @pytest.mark.slow
@@ -27,7 +30,7 @@ def test_two_processes_predict_and_scale_like_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     single = W.run_both(str(tmp_path / "single"), world=1)
-    for h in ranks[0]["free"]:  # no budget: the prediction is the measured KL
+    for h in ranks[0]["free"] + single["free"]:  # no budget: the prediction is the measured KL
         assert h[metrics.KL_SCALE] == 1.0
         assert abs(h[metrics.KL_PREDICTED] - h[metrics.TRUE_KL]) <= KL_REL * h[metrics.TRUE_KL]
     assert any(h[metrics.KL_SCALE] < 1.0 for h in single["budget"])
@@ -36,4 +39,4 @@ def test_two_processes_predict_and_scale_like_one(tmp_path):
         for a, b, one in zip(ranks[0][run], ranks[1][run], single[run], strict=True):
             assert a == b  # the same all-reduced values on both ranks
             for key in W.KEYS:
-                assert abs(a[key] - one[key]) <= KL_REL * abs(one[key]), (run, key)
+                assert abs(a[key] - one[key]) <= CROSS_RUN_REL * abs(one[key]), (run, key)
