@@ -1,11 +1,12 @@
 """The CAPO state inside a training checkpoint, written atomically, and which checkpoints are complete.
 
-``Trainer._save_checkpoint`` writes the model, optimizer, scheduler, RNG state and ``trainer_state.json``;
-:class:`capo.CAPOTrainer` then adds ``capo_moments.pt`` (the sparse Adam moments, when tracked) and, last,
-``capo_state.json``. Each file is written under a temporary name and renamed, so a file is whole or absent, and
-``capo_state.json`` names the moments file it belongs to: a checkpoint whose ``capo_state.json`` exists and
-whose named files are all present is complete. A run killed while saving leaves an incomplete checkpoint, which
-:func:`last_complete_checkpoint` skips.
+:class:`capo.CAPOTrainer` first writes ``capo_moments.pt`` (the sparse Adam moments, when tracked) and
+``capo_state.json`` (the counters, naming the moments file) into ``checkpoint-<step>``; then
+``Trainer._save_checkpoint`` writes the model, optimizer, scheduler, RNG states and, last, ``trainer_state.json``,
+and only then deletes checkpoints beyond ``save_total_limit``. The CAPO files are written under a temporary name
+and renamed, so each is whole or absent. A checkpoint is complete when ``trainer_state.json`` reads back and the
+CAPO files it needs are present (:func:`missing_files`); a run killed while saving leaves an incomplete one, which
+:func:`last_complete_checkpoint` skips, and never has deleted the previous complete one by then.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ __all__ = [
 MOMENTS_FILE = "capo_moments.pt"
 """Checkpoint file of the sparse Adam moments (``SparseAdamMoments.state_dict()``)."""
 STATE_FILE = "capo_state.json"
-"""Checkpoint file of the other CAPO counters; written last, it marks the checkpoint complete."""
+"""Checkpoint file of the other CAPO counters, written after the moments; it names the moments file."""
 TRAINER_STATE_FILE = "trainer_state.json"
-"""transformers' ``TRAINER_STATE_NAME``: the last file ``Trainer._save_checkpoint`` writes."""
+"""transformers' ``TRAINER_STATE_NAME``: the last file ``Trainer._save_checkpoint`` writes (not atomically)."""
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 

@@ -367,16 +367,15 @@ class CAPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        """TRL's checkpoint plus the CAPO state (:mod:`capo.checkpoint`)."""
+        """The CAPO state (:mod:`capo.checkpoint`), then TRL's checkpoint: its last file completes it."""
+        if self.args.should_save:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            save_capo_state(
+                os.path.join(self._get_output_dir(trial=trial), folder),
+                self.capo_moments,
+                self.capo_completions_seen,
+            )
         super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        save_capo_state(
-            os.path.join(self._get_output_dir(trial=trial), folder),
-            self.capo_moments,
-            self.capo_completions_seen,
-        )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """TRL's resume plus the CAPO moments and counters of the checkpoint."""

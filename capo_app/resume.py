@@ -3,14 +3,16 @@
 ``--resume_from_checkpoint PATH`` resumes from that checkpoint; ``--resume_from_checkpoint true`` from the last
 complete checkpoint of ``--output-dir`` (a fresh start when the folder holds no checkpoint yet, so one command
 line restarts a pre-empted job). A checkpoint is complete when :func:`capo.checkpoint.missing_files` finds
-nothing missing and it holds the run record ``capo_run.json``. Naming a checkpoint that lacks the CAPO state (a
-run killed while saving) is refused unless ``--resume_without_capo_state true`` accepts that the moments restart
-from zero. A fresh run into a folder that holds checkpoints is refused by :mod:`capo_app.run_folder`.
+nothing missing and it holds the run record ``capo_run.json`` (when none holds a record, the last checkpoint
+complete without one is taken, and the held-out accuracy measured before it is lost). Naming a checkpoint that
+lacks the CAPO state (a run killed while saving) is refused unless ``--resume_without_capo_state true`` accepts
+that the moments restart from zero. A fresh run into a folder that holds checkpoints is refused by
+:mod:`capo_app.run_folder`.
 
-The run record (:class:`capo_app.run_record.RunRecorder`) is what ``capo train`` reports beyond the trainer state: the per-step
-history, the held-out accuracy points, the wall time and the resumes so far. With it, the summary, ``log.json``
-and plots of a resumed run cover the whole run. The trainer state restores the weights, optimizer, scheduler,
-CAPO moments and the Python, NumPy and torch RNG states (transformers' ``rng_state.pth``).
+The run record (:class:`capo_app.run_record.RunRecorder`) is what ``capo train`` reports beyond the trainer
+state: the per-step history, the held-out accuracy points, the wall time and the resumes so far. With it, the
+summary, ``log.json`` and plots of a resumed run cover the whole run. The trainer state restores the weights,
+optimizer, scheduler, CAPO moments and the Python, NumPy and torch RNG states (transformers' ``rng_state.pth``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from capo.checkpoint import TRAINER_STATE_FILE, checkpoint_folders, missing_files
+from capo.checkpoint import (
+    TRAINER_STATE_FILE,
+    checkpoint_folders,
+    last_complete_checkpoint,
+    missing_files,
+)
 from capo_app.checks import UsageError
 
 __all__ = [
@@ -127,7 +134,7 @@ def resume_point(
     if text.lower() in _NONE:
         return None
     if text.lower() in _LAST:
-        last = last_resumable(output_dir)
+        last = last_resumable(output_dir) or last_complete_checkpoint(output_dir)  # else no record
         found = checkpoint_folders(output_dir)
         if last is None and found:
             names = ", ".join(os.path.basename(p) for _, p in found)

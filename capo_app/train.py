@@ -39,6 +39,9 @@ to --output-dir (default outputs/capo-tiny).
   --seed N              random seed.
   --output-dir DIR      where log.json, the plots and the final model go.
   --dry-run             validate the recipe on a tiny stand-in model (no download) and report.
+  --resume_from_checkpoint PATH|true
+                        continue a run from its checkpoint (true: the last complete one in
+                        --output-dir; save them with --save_strategy steps --save_steps N).
   --help-all            list every accepted field (ScriptArguments, CAPOConfig, GRPOConfig, ...).
 """
 

@@ -40,6 +40,19 @@ def test_true_resumes_the_last_complete_checkpoint(tmp_path):
     assert last_resumable(str(tmp_path)) == point.checkpoint
 
 
+def test_true_prefers_a_checkpoint_with_its_run_record_and_else_takes_one_without(tmp_path, capsys):
+    checkpoint(tmp_path, 2)
+    checkpoint(
+        tmp_path, 4, drop=RUN_RECORD_FILE
+    )  # killed after the trainer's files, before the record
+    point = resume_point(str(tmp_path), "true")
+    assert point is not None and point.step == 2
+    (tmp_path / "checkpoint-2" / RUN_RECORD_FILE).unlink()
+    point = resume_point(str(tmp_path), "true")
+    assert point is not None and (point.step, point.record) == (4, {})
+    assert "accuracy measured before it is lost" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("request_", [None, "false", ""])
 def test_no_request_is_a_fresh_run(tmp_path, request_):
     checkpoint(tmp_path, 2)
