@@ -294,19 +294,19 @@ def train(
     trainer.save_model(config.output_dir)
     run = {**run_description(script_args, config), "num_processes": trainer.accelerator.num_processes,
            "completions_per_step": per_step}  # fmt: skip
-    log: dict[str, Any] = {
-        "summary": {},
-        "run": run,
-        "history": history,
-        "test_accuracy": tracker.points,
-    }
-    log["summary"] = report.summarize(
-        history, tracker.points, method=run["label"], wall_time_s=time.perf_counter() - start
-    )
+    log = _log(run, history, tracker.points, time.perf_counter() - start)
     recorder.annotate(log)
     if main_process:
         _write_outputs(log, Path(str(config.output_dir)), fmt, script_args.plots)
     return log
+
+
+def _log(
+    run: dict[str, Any], history: list[dict[str, Any]], points: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """The log object (:mod:`capo_app.report`): summary, run, per-step history, accuracy points."""
+    summary = report.summarize(history, points, method=run["label"], wall_time_s=seconds)
+    return {"summary": summary, "run": run, "history": history, "test_accuracy": points}
 
 
 def _write_outputs(log: dict[str, Any], out: Path, fmt: PromptFormat, plots: bool) -> None:
