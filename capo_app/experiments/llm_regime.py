@@ -76,6 +76,7 @@ def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> di
         "capo_support_size": setup.support_size,
         "capo_track_shifts": True,
         "capo_log_true_kl": True,
+        "capo_kl_model": "last_layer",  # kl_predicted = ½ vᵀFv of the step taken, all valid tokens
         "capo_step_model": arm.optimizer,
         "optim": "sgd" if arm.optimizer == "sgd" else "adamw_torch",
         "num_test_problems": setup.num_test_problems,

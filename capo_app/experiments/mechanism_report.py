@@ -94,27 +94,35 @@ def _kl_agreement(res: RegimeResult) -> list[str]:
     return lines
 
 
+def _group_counts(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    rej = np.sum([np.sum(r["rejected_by_group"], axis=0) for r in records], axis=0)
+    tot = np.sum([np.sum(r["tokens_by_group"], axis=0) for r in records], axis=0)
+    return rej, tot
+
+
 def _group_lines(res: RegimeResult, summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Group ablation of GRPO (A), and where CAPO's rejections fall (rate in group; share of rejections)."""
+    best = _best_capo(summaries)
+    shown = [n for n in ("adam/capo_paper", best["name"] if best else "") if n in res.runs]
+    shown = list(dict.fromkeys(shown))
     lines = [
-        "| token group | GRPO (A) without it: final | crashed | CAPO (paper) rejects | "
-        "best CAPO arm rejects |",
-        "|---|---|---|---|---|",
+        "| token group | share of GRPO (A)'s tokens | GRPO (A) without it: final | crashed | "
+        + " | ".join(f"{n} rejects (rate; share of its rejections)" for n in shown)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(shown),
     ]
-    capo = [a["name"] for a in res.arms if a["masking"] == "capo" and a["optimizer"] == "adam"]
-    shown = capo[:2]
-    rates = {}
-    for name in shown:
-        rej = np.sum([np.sum(r["rejected_by_group"], axis=0) for r in res.runs[name]], axis=0)
-        tot = np.sum([np.sum(r["tokens_by_group"], axis=0) for r in res.runs[name]], axis=0)
-        rates[name] = rej / np.maximum(tot, 1)
+    _, base_tot = _group_counts(res.runs["adam/grpo_a"])
+    counts = {n: _group_counts(res.runs[n]) for n in shown}
     for g, group in enumerate(GROUPS):
         s = summaries.get(f"adam/grpo_a_minus_g{g}")
         fin = _mean_se(s["final"]) if s else "not run"
         crash = f"{sum(s['crashed'])}/{len(s['crashed'])}" if s else "-"
-        cells = [f"{rates[n][g]:.3f}" if n in rates else "-" for n in [*shown, "", ""][:2]]
-        lines.append(f"| {group} | {fin} | {crash} | {cells[0]} | {cells[1]} |")
-    if shown:
-        lines.append(f"\n(CAPO columns: {', '.join(shown)}.)")
+        cells = [
+            f"{rej[g] / max(tot[g], 1):.3f}; {rej[g] / max(rej.sum(), 1):.3f}"
+            for rej, tot in counts.values()
+        ]
+        share = base_tot[g] / max(base_tot.sum(), 1)
+        lines.append(f"| {group} | {share:.3f} | {fin} | {crash} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -173,6 +181,39 @@ def _regime_section(
     return lines
 
 
+def _best_capo(summaries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    capo = [s for s in summaries.values() if s["optimizer"] == "adam" and s["masking"] == "capo"]
+    return max(capo, key=lambda s: float(np.mean(s["final"]))) if capo else None
+
+
+def _summary_rows(
+    results: dict[str, RegimeResult], summaries: dict[str, Any], verdicts: dict[str, Any]
+) -> list[str]:
+    """One row per regime: the closing note's numbers."""
+    lines = ["| regime | aggressive lr (Adam) | GRPO (A) crashed | base | GRPO (A) final | best CAPO arm "
+             "(final, rejection) | its random control | lower-lr GRPO (A) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, res in results.items():
+        s = summaries[name]
+        grpo, best = s["adam/grpo_a"], _best_capo(s)
+        control = next(
+            (a["name"] for a in res.arms if best and a.get("control_of") == best["name"]), None
+        )
+        lower = [v for k, v in s.items() if k.startswith("adam/grpo_a_lr")]
+        low = max(lower, key=lambda v: float(np.mean(v["final"]))) if lower else None
+        best_cell = (f"{best['name']}: {_mean_se(best['final'])}, {np.mean(best['rejection_mean']):.3f}"
+                     if best else "-")  # fmt: skip
+        low_cell = f"{low['name']}: {_mean_se(low['final'])}" if low else "-"
+        lines.append(
+            f"| {name} | {res.lr['adam']:g} | {sum(grpo['crashed'])}/{len(grpo['crashed'])} | "
+            f"{grpo['base']:.3f} | {_mean_se(grpo['final'])} | {best_cell} | "
+            f"{_mean_se(s[control]['final']) if control else '-'} | "
+            f"{low_cell} | "
+            f"**{verdicts[name]['verdict']}** |"
+        )
+    return lines
+
+
 def _key_arms(res: RegimeResult) -> dict[str, list[str]]:
     names = [a["name"] for a in res.arms]
     capo = [n for n in names if n.startswith("adam/capo")]
@@ -182,7 +223,7 @@ def _key_arms(res: RegimeResult) -> dict[str, list[str]]:
     return {"groups": capo[:3] or names[:1], "curves": curves}
 
 
-def write_report(results: dict[str, RegimeResult], out: Path, header: str) -> Path:
+def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes: str = "") -> Path:
     """Write ``report.md``, ``results.json`` and the figures under ``out``; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = {name: summarize(res) for name, res in results.items()}
@@ -225,6 +266,12 @@ def write_report(results: dict[str, RegimeResult], out: Path, header: str) -> Pa
         "## Before this study",
         "",
         PREVIOUS,
+        "",
+        "## Summary",
+        "",
+        *_summary_rows(results, summaries, verdicts),
+        "",
+        notes,
         "",
     ]
     for name, res in results.items():

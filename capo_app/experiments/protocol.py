@@ -67,6 +67,7 @@ class RegimeConfig:
         select_best: Evaluate only the best percentile (chosen on the tuning seeds).
         groups: Run the sign(A) × π_a group ablation on the evaluation seeds.
         conservative: Conservative GRPO's (lr scale, batch ratio); None: no such arm.
+        paper_control: Also a random-mask control at the paper's arm's rate.
     """
 
     name: str
@@ -81,6 +82,7 @@ class RegimeConfig:
     select_best: bool = False
     groups: bool = True
     conservative: tuple[float, int] | None = (0.2, 12)
+    paper_control: bool = True
 
 
 def final(record: dict[str, Any]) -> float:
@@ -109,7 +111,7 @@ def arms_of(cfg: RegimeConfig, best: dict[str, float] | None = None) -> list[Arm
             arms.append(Arm(f"{opt}/grpo_conservative", opt, lr_scale=scale, batch_ratio=ratio))
         if opt == "adam" or not cfg.select_best:
             arms.append(Arm(f"{opt}/capo_paper", opt, "capo", thresholds=PAPER.thresholds))
-        if opt == "adam":
+        if opt == "adam" and cfg.paper_control:
             arms.append(Arm(f"{opt}/random_paper", opt, "random", control_of=f"{opt}/capo_paper"))
         for p in cfg.percentiles:
             if best is not None and best.get(opt) != p:
