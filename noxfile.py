@@ -89,12 +89,10 @@ def verify(session: nox.Session) -> None:
 
 @nox.session
 def experiment(session: nox.Session) -> None:
-    """Stability reproduction (toy MDPs + tiny LLM, paper §6): report under outputs/stability."""
+    """Mechanism study (toy MDP, head-only and full tiny LLM): outputs/mechanism; ``-- --quick`` < 60 s."""
     install_project(session, "train,dev")
-    args = session.posargs or ["--out", "outputs/stability"]
-    session.run(
-        "python", "-m", "capo_app.experiments.stability", *args, env={"OMP_NUM_THREADS": "1"}
-    )
+    args = session.posargs or ["--out", "outputs/mechanism"]
+    session.run("python", "-m", "capo_app.experiments.study", *args, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session
