@@ -114,6 +114,18 @@ def test_resume_from_checkpoint_2_equals_the_uninterrupted_run(uninterrupted, tm
     assert "resumed at" in printed
 
 
+def test_without_its_rng_state_a_resumed_run_samples_other_completions(uninterrupted, tmp_path):
+    """Sensitivity: the RNG state the checkpoint restores is what makes step 3 sample the same completions."""
+    out = tmp_path / "no_rng"
+    out.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-2", out / "checkpoint-2")
+    (out / "checkpoint-2" / "rng_state.pth").unlink()
+    args = train_args(uninterrupted.parent / "cache", out)
+    assert capo_main(["train", *args, "--resume_from_checkpoint", str(out / "checkpoint-2")]) == 0
+    steps = [json.loads((d / "log.json").read_text())["history"][2] for d in (out, uninterrupted)]
+    assert steps[0]["step"] == 3 and steps[0]["entropy"] != steps[1]["entropy"]
+
+
 def test_a_killed_run_resumed_with_true_equals_the_uninterrupted_run(
     uninterrupted, tmp_path, capsys
 ):
