@@ -12,7 +12,7 @@ import torch
 from capo import metrics
 from capo.kl_budget import budget_scale, parameters_moved, prospective_params, unsupported_reason
 from tests.capo import _trainer_helpers as H
-from tests.tolerances import EXACT_ATOL, EXACT_RTOL
+from tests.tolerances import EXACT_ATOL, EXACT_RTOL, FLOAT32_ATOL, FLOAT32_RTOL
 
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": dict(optim="adamw_torch", weight_decay=0.1),
@@ -185,3 +185,45 @@ def test_budget_holds_the_measured_kl_at_an_aggressive_lr(tmp_path):
         tmp_path, "backtrack", delta, capo_kl_budget=delta, capo_kl_backtrack=True
     )
     assert all(h[metrics.TRUE_KL] <= 1.1 * delta for h in backtracked)
+
+
+BUDGETED: dict[str, Any] = dict(
+    capo_enabled=False, capo_kl_budget=1e-3, optim="adamw_torch", learning_rate=1e-3, max_steps=3
+)
+"""A run whose every step is scaled (unbudgeted KL 3-90 x the budget)."""
+
+
+def test_budget_is_invariant_to_the_gradient_accumulation_split(tmp_path):
+    """GA 1 x 8 and GA 2 x 4 completions: the same scales and parameters (up to summation order, which
+    Adam amplifies on near-zero gradients: measured 3e-9 relative)."""
+    runs = []
+    for ga in (1, 2):
+        tr = H.trainer(
+            str(tmp_path / str(ga)),
+            per_device_train_batch_size=8 // ga,
+            gradient_accumulation_steps=ga,
+            **BUDGETED,
+        )
+        tr.train()
+        runs.append(([h[metrics.KL_SCALE] for h in kl_history(tr)], H.params(tr.model)))
+    (scales1, params1), (scales2, params2) = runs
+    assert all(s < 1.0 for s in scales1)
+    assert scales2 == pytest.approx(scales1, rel=1e-9)
+    for name, p in params1.items():
+        err = float((params2[name] - p).abs().max())
+        assert err <= FLOAT32_RTOL * float(p.abs().max()) + FLOAT32_ATOL, name
+
+
+def test_resume_reproduces_the_budgeted_steps(tmp_path):
+    """Resuming from a checkpoint after a scaled step gives the same next scale and parameters."""
+    common = dict(**BUDGETED, save_strategy="steps", save_steps=2)
+    full = H.trainer(str(tmp_path / "full"), **common)
+    full.train()
+    resumed = H.trainer(str(tmp_path / "resumed"), **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    last, again = kl_history(full)[-1], kl_history(resumed)[-1]
+    assert again["step"] == last["step"] == 3
+    assert again[metrics.KL_SCALE] == pytest.approx(last[metrics.KL_SCALE], rel=EXACT_RTOL)
+    assert again[metrics.KL_SCALE] < 1.0
+    full_params, resumed_params = H.params(full.model), H.params(resumed.model)
+    assert all(torch.equal(full_params[k], resumed_params[k]) for k in full_params)
