@@ -34,6 +34,7 @@ class CompactProgressCallback(ProgressCallback):
         super().on_train_begin(args, state, control, **kwargs)
         if self.training_bar is not None and state.global_step > 0:
             self.training_bar.update(state.global_step)
+            self.training_bar.refresh()  # show it now, not at the next step
         self.current_step = state.global_step
 
     def on_log(

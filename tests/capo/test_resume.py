@@ -97,7 +97,7 @@ def test_the_recorder_takes_the_steps_up_to_the_checkpoint_from_its_record(tmp_p
     assert recorder.resumes == [{"checkpoint": point.checkpoint, "step": 2}]
 
 
-def test_the_progress_bar_of_a_resumed_run_starts_at_its_step():
+def test_the_progress_bar_of_a_resumed_run_starts_at_its_step(capsys):
     from transformers import TrainerControl, TrainerState
 
     from capo_app.callbacks import CompactProgressCallback
@@ -107,6 +107,7 @@ def test_the_progress_bar_of_a_resumed_run_starts_at_its_step():
     bar.on_train_begin(None, state, TrainerControl())
     shown = bar.training_bar
     assert shown is not None and (shown.n, shown.total) == (2, 4)
+    assert "2/4" in capsys.readouterr().err
     state.global_step = 3
     bar.on_step_end(None, state, TrainerControl())
     assert shown.n == 3
