@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from capo.trainer import CAPOTrainer
 from capo_app.checks import UsageError, check_training
-from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_math_dataset, make_arithmetic_dataset
+from capo_app.data import load_math_dataset, make_arithmetic_dataset
 from capo_app.recipe import (
     EMBEDDED_TINY,
     SYNTHETIC,
@@ -30,6 +30,7 @@ from capo_app.recipe import (
     resolve_values,
 )
 from capo_app.rewards import reward_functions
+from capo_app.run import train_prompt_format
 from capo_app.tiny import TinyModelConfig, build_tiny_tokenizer, init_tiny_model, tiny_setup
 
 #: Settings swapped in for the stand-in trainer (CPU, no optional backends); the report uses the real ones.
@@ -228,9 +229,8 @@ def _stand_in(
         )
     tokenizer = build_tiny_tokenizer(model_max_length=max_prompt + max_completion)
     model, family = stand_in_model(family, tokenizer, max_prompt + max_completion)
-    tiny_frame = model_name == EMBEDDED_TINY and script_args.dataset_name == SYNTHETIC
     samples = make_arithmetic_dataset(
-        16, "train", seed=0, prompt_format=TINY_PROMPT if tiny_frame else MATH_PROMPT
+        16, "train", seed=0, prompt_format=train_prompt_format(script_args)
     )
     trainer = CAPOTrainer(
         model=model,

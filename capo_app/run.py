@@ -49,11 +49,12 @@ from capo_app.tiny import build_tiny_model, build_tiny_tokenizer, tiny_setup
 
 
 def train_prompt_format(script_args: ScriptArguments) -> PromptFormat:
-    """How the run turns questions into prompts: the tiny model's plain frame on its task, else the boxed chat."""
-    tiny_task = (
-        script_args.model_name_or_path == EMBEDDED_TINY and script_args.dataset_name == SYNTHETIC
-    )
-    return TINY_PROMPT if tiny_task else MATH_PROMPT
+    """How the run turns questions into prompts: the tiny model's plain frame, else the boxed chat message.
+
+    The embedded tiny model was warm-started on its plain ``Q: ...`` frame only, so it gets that frame whatever
+    the dataset.
+    """
+    return TINY_PROMPT if script_args.model_name_or_path == EMBEDDED_TINY else MATH_PROMPT
 
 
 def _first_line(error: BaseException) -> str:
