@@ -218,7 +218,7 @@ def curvature(
                     label=f"{name} = {bound:g}",
                 )
                 all_ys.append(float(bound))
-        if kind == "m_F" and all_ys:
+        if kind == "m_F" and len(set(all_ys)) > 1:  # one value (the bound alone) has no log range
             ax.set_yscale("log")
         else:
             _symlog(ax, all_ys)
