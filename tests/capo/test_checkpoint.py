@@ -100,3 +100,27 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         atomic_write(path, fails_midway)
     assert open(path, "rb").read() == b"old"
     assert os.listdir(tmp_path) == ["f.json"]
+
+
+def test_the_trainer_writes_the_capo_state_before_trl_completes_and_rotates_checkpoints(
+    tmp_path, monkeypatch
+):
+    """A kill while saving checkpoint-2 leaves checkpoint-1 whole: TRL's trainer_state.json (its last file,
+    after which it deletes checkpoints beyond save_total_limit) comes after the CAPO files."""
+    from trl import GRPOTrainer
+
+    from tests.capo import _trainer_helpers as H
+
+    seen = []
+    trl_save = GRPOTrainer._save_checkpoint
+
+    def recording_save(self, model, trial):
+        folder = tmp_path / f"checkpoint-{self.state.global_step}"
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        trl_save(self, model, trial)
+
+    monkeypatch.setattr(GRPOTrainer, "_save_checkpoint", recording_save)
+    H.trainer(str(tmp_path), save_strategy="steps", save_steps=1, save_total_limit=1).train()
+    assert seen == [[MOMENTS_FILE, STATE_FILE]] * 2
+    assert [s for s, _ in checkpoint_folders(str(tmp_path))] == [2]
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
