@@ -246,7 +246,7 @@ class StepKLControl(TrainerCallback):
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.budget: float | None = trainer.args.capo_kl_budget
-        self.model: str = trainer.args.capo_kl_model
+        self.kl_model: str = trainer.args.capo_kl_model
         self.enabled = True
         reason = unsupported_reason(trainer)
         if reason is not None and self.budget is not None:
@@ -293,7 +293,7 @@ class StepKLControl(TrainerCallback):
         acc = tr._capo_acc
         model = tr.accelerator.unwrap_model(tr.model)
         sums = torch.zeros(2, dtype=torch.float64)
-        if acc.head_before is not None and self.model == "lookahead":
+        if acc.head_before is not None and self.kl_model == "lookahead":
             with parameters_moved(prospective_params(tr.optimizer, scale)):
                 kl = step_kl_sums(
                     model,
