@@ -219,6 +219,8 @@ class ScriptArguments:
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ValueError(f"recipe {path}: no such file")
     with open(path) as handle:
         loaded = yaml.safe_load(handle)
     if loaded is None:

@@ -97,7 +97,9 @@ def load_train_set(
     if script_args.dataset_name == SYNTHETIC:
         task = PRESETS.get(script_args.synthetic_task)
         if task is None:
-            raise UsageError(f"synthetic_task must be one of {', '.join(PRESETS)}")
+            raise UsageError(
+                f"synthetic_task must be one of {', '.join(PRESETS)}, got {script_args.synthetic_task!r}"
+            )
         count = script_args.num_train_problems or 2000
         return make_arithmetic_dataset(count, "train", task, config.seed, fmt)
     return load_math_dataset(

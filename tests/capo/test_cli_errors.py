@@ -56,6 +56,12 @@ ROWS = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]
         (["--method", "ppo"], "unknown method 'ppo'"),
         (["--no_such_field", "1"], "no_such_field"),
         (["--model_name_or_path", "/nonexistent/model"], "/nonexistent/model: no such folder"),
+        (["--config", "missing.yaml"], "recipe missing.yaml: no such file"),
+        (
+            ["--synthetic_task", "extreme"],
+            "synthetic_task must be one of easy, medium, hard, got 'extreme'",
+        ),
+        (["--num_train_problems", "0"], "num_train_problems must be > 0"),
     ],
 )
 def test_bad_training_settings_are_one_line_before_any_model_loads(tmp_path, capsys, args, needle):
