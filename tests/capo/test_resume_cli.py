@@ -41,6 +41,7 @@ def train_args(cache: Path, output_dir: Path) -> list[str]:
         "--num_train_problems", "32", "--num_test_problems", "8", "--eval_every", "2",
         "--warm_start_steps", "60", "--tiny_cache_dir", str(cache), "--cpu_threads", "1",
         "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "1", "--plots", "false",
+        "--use_cpu", "true",  # bit-equality needs deterministic kernels, also where a GPU is present
     ]  # fmt: skip
 
 
