@@ -13,7 +13,10 @@ from capo_app.experiments.figures import write_figures
 from capo_app.experiments.protocol import CRASH_MARGIN, NEAR_ZERO_REWARD, RegimeResult
 from capo_app.experiments.verdict import CRITERIA, arm_summary, judge, paired
 
-__all__ = ["PREVIOUS", "summarize", "write_report"]
+__all__ = ["PREVIOUS", "PRIMARY", "summarize", "write_report"]
+
+PRIMARY = ("toy", "head", "full")
+"""The regimes with a verdict in ``results.json``; any other regime is reported as supplementary."""
 
 PREVIOUS = """Headline numbers of the previous small-scale study (`docs/stability`, now retired), for comparison:
 tiny LLM, 30 steps, aggressive lr 3e-4 (16 completions/step), 5 seeds: held-out accuracy base 0.432 ->
@@ -129,7 +132,8 @@ def _group_lines(res: RegimeResult, summaries: dict[str, dict[str, Any]]) -> lis
 def _regime_section(
     name: str, res: RegimeResult, summaries: dict[str, Any], v: dict[str, Any]
 ) -> list[str]:
-    lines = [f"## Regime `{name}`", ""]
+    extra = "" if name in PRIMARY else " (supplementary, post hoc: not one of the three verdicts)"
+    lines = [f"## Regime `{name}`{extra}", ""]
     for opt, lr in res.lr.items():
         lines.append(f"- {opt}: aggressive lr **{lr:g}** ({res.lr_rule[opt]})")
     if res.best:
@@ -235,22 +239,26 @@ def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes
             for n, r in results.items()
         },
     )
-    data = {
-        "regimes": {
-            n: {
-                "arms": list(summaries[n].values()),
-                "lr": r.lr,
-                "lr_rule": r.lr_rule,
-                "lr_sweep": r.lr_sweep,
-                "best_percentile": r.best,
-                "checks": verdicts[n],
-                "seconds": r.seconds,
-            }
-            for n, r in results.items()
-        },
-        "verdict": {n: v["verdict"] for n, v in verdicts.items()},
-        "figures": figures,
+    regime_data = {
+        n: {
+            "arms": list(summaries[n].values()),
+            "lr": r.lr,
+            "lr_rule": r.lr_rule,
+            "lr_sweep": r.lr_sweep,
+            "best_percentile": r.best,
+            "checks": verdicts[n],
+            "seconds": r.seconds,
+        }
+        for n, r in results.items()
     }
+    primary = [n for n in results if n in PRIMARY]
+    data = {
+        "regimes": {n: regime_data[n] for n in primary},
+        "verdict": {n: verdicts[n]["verdict"] for n in primary},
+        "supplementary": {n: {**d, "verdict": verdicts[n]["verdict"]}
+                          for n, d in regime_data.items() if n not in PRIMARY},
+        "figures": figures,
+    }  # fmt: skip
     (out / "results.json").write_text(json.dumps(data, indent=1, default=float))
     lines = [
         header,
