@@ -89,7 +89,7 @@ class ScriptArguments:
         dataset_name: ``synthetic``, a hub dataset id, or a local JSON/JSONL/Parquet/CSV file or folder.
         dataset_config: Hub configuration name.
         dataset_train_split: Training split.
-        dataset_test_split: Held-out split for the accuracy before/after.
+        dataset_test_split: Held-out split (or local file) for the accuracy before/after.
         synthetic_task: Difficulty preset of the synthetic task.
         num_train_problems: Synthetic training problems, or a limit on a real training split.
         num_test_problems: Held-out problems for the accuracy evaluation.
@@ -143,7 +143,11 @@ class ScriptArguments:
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
     dataset_test_split: str = field(
-        default="test", metadata={"help": "Held-out split for the accuracy."}
+        default="test",
+        metadata={
+            "help": "Held-out split for the accuracy, or a local file; a single local training file has "
+            "no other split, so without a file here no held-out accuracy is measured."
+        },
     )
     synthetic_task: str = field(
         default="easy", metadata={"help": "Synthetic task difficulty: easy, medium or hard."}
