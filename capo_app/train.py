@@ -37,7 +37,9 @@ to --output-dir (default outputs/capo-tiny).
                         and the paper's thresholds).
   --max-steps N         optimizer steps.
   --seed N              random seed.
-  --output-dir DIR      where log.json, the plots and the final model go.
+  --output-dir DIR      where log.json, the plots and the final model go; a folder holding
+                        another run is refused unless --overwrite_output_dir true (which removes
+                        that run's files first).
   --dry-run             validate the recipe on a tiny stand-in model (no download) and report.
   --resume_from_checkpoint PATH|true
                         continue a run from its checkpoint (true: the last complete one in
