@@ -240,7 +240,7 @@ def _build_trainer(
     if not config.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())
-    if config.logging_steps != 1:
+    if config.logging_steps != 1 and trainer.accelerator.is_main_process:
         print(f"capo train: logging every optimizer step (the summary and plots are per step), "
               f"not every {config.logging_steps:g}")  # fmt: skip
     return trainer
