@@ -226,7 +226,12 @@ def unsupported_reason(trainer: Any) -> str | None:
         return (
             "the KL budget does not support fp16 loss scaling (scaled gradients); use bf16 or fp32"
         )
-    if trainer.optimizer is None and trainer.args.optim not in SUPPORTED_OPTIMS:
+    if trainer.optimizer is not None:  # passed in by the user: check its class now
+        try:
+            inner_optimizer(trainer.optimizer)
+        except ValueError as err:
+            return str(err)
+    elif trainer.args.optim not in SUPPORTED_OPTIMS:
         return (
             f"the KL budget supports optim in {list(SUPPORTED_OPTIMS)}, got {trainer.args.optim!r}"
         )

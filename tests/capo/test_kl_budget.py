@@ -107,6 +107,8 @@ def test_unsupported_setups_are_refused_in_one_line():
     assert "FSDP" in str(unsupported_reason(fake(is_fsdp_enabled=True)))
     assert "fp16" in str(unsupported_reason(fake(accelerator=SimpleNamespace(scaler=object()))))
     assert "adafactor" in str(unsupported_reason(fake(args=SimpleNamespace(optim="adafactor"))))
+    adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
+    assert "Adagrad" in str(unsupported_reason(fake(optimizer=adagrad)))
 
 
 def test_budget_with_an_unsupported_optimizer_fails_at_construction(tmp_path):
