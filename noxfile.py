@@ -68,7 +68,7 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The README's main job: ``capo train`` on the embedded tiny default (CPU, a few minutes)."""
     install_project(session, "train")
-    session.run("capo", "train", *session.posargs)
+    session.run("capo", "train", *(session.posargs or ["--overwrite_output_dir", "true"]))
 
 
 @nox.session
