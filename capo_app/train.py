@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from capo_app.checks import UsageError, check_training
+from capo_app.launch import launch_overrides
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
 from capo_app.resume import ResumePoint, resume_point
 from capo_app.run_folder import claim_output_dir
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from capo_app.dry_run import dry_run  # TRL and transformers only when asked
 
             return dry_run(argv)
-        script_args, config, _ = parse_recipe(argv)
+        script_args, config, _ = parse_recipe(argv, overrides=launch_overrides())
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error
     check_training(script_args, config)

@@ -1,0 +1,59 @@
+"""DeepSpeed on CPU: two processes under ``accelerate launch`` with the recipes' ZeRO-2 config vs one process.
+
+On a machine without a GPU the launch works only through :func:`capo_app.launch.launch_overrides`
+(``use_cpu=True``; without it every process builds a one-process state and DeepSpeed's batch check fails).
+The 2-process ZeRO-2 run must give the same masks, moments and parameters as one plain process holding the
+whole global batch (as DDP does, tests/capo/test_distributed.py), up to float32 rounding: ZeRO keeps float32
+master weights of this float64 model, so the second step's hidden states differ by ~1e-7 relative.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from capo_app.launch import launch_overrides
+from tests.capo import _deepspeed_worker as DW
+from tests.capo import _distributed_worker as W
+from tests.capo.test_distributed import REPO, free_port, masks
+from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
+
+
+def test_a_multi_process_launch_without_gpu_trains_on_the_cpu() -> None:
+    assert launch_overrides({"WORLD_SIZE": "2"}, has_gpu=False) == {"use_cpu": True}
+    assert launch_overrides({"WORLD_SIZE": "2"}, has_gpu=True) == {}
+    assert launch_overrides({}, has_gpu=False) == {}
+
+
+def _launch(out, config: str) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(DW.__file__), str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_zero2_two_processes_match_one_process(tmp_path) -> None:
+    pytest.importorskip("deepspeed")
+    ranks = _launch(tmp_path, str(REPO / "recipes" / "accelerate" / "zero2.yaml"))
+    single = W.run(str(tmp_path / "single"), world=1)
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" for r in ranks)
+    two, one = masks([r["record"] for r in ranks]), masks([single["record"]])
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
+    for rank in ranks:
+        assert rank["moments"]["t"] == single["moments"]["t"] == 2
+        for x, y in zip(rank["dense"], single["dense"], strict=True):  # ZeRO steps fp32 masters
+            assert float((x - y).abs().max()) <= FLOAT32_RTOL * float(y.abs().max())
+        for name, p in single["params"].items():
+            err = float((rank["params"][name] - p).abs().max())
+            assert err <= FLOAT32_RTOL * float(p.abs().max()) + FLOAT32_ATOL, name
