@@ -58,7 +58,8 @@ def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [V, H], bias [V] or None) of the output layer, detached.
 
     Raises:
-        ValueError: if the model has no output embeddings or their weight is sharded away (ZeRO-3).
+        ValueError: if the model has no output embeddings or their weight is sharded away (ZeRO-3
+            outside :func:`capo.sharding.gathered_output_layer`).
     """
     head: Any = causal_lm_of(model).get_output_embeddings()
     if head is None or getattr(head, "weight", None) is None:
@@ -67,7 +68,8 @@ def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     if weight.dim() != 2 or weight.numel() == 0:
         raise ValueError(
             f"the output-layer weight has shape {list(weight.shape)}; CAPO needs the full [V, H] weight on "
-            "every rank (DeepSpeed ZeRO-3 / FSDP sharding of lm_head is not supported, ZeRO-2 is)"
+            "every rank (under DeepSpeed ZeRO-3 CAPOTrainer gathers it, capo.sharding; FSDP sharding of "
+            "lm_head is not supported)"
         )
     bias = getattr(head, "bias", None)
     return weight, None if bias is None else bias.detach()

@@ -54,6 +54,7 @@ from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
 from capo.output_layer_check import check_output_layer_training
 from capo.selection import Thresholds
+from capo.sharding import gathered_output_layer, output_layer_shape
 from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
 from capo.steps import AdamStep, SGDStep, StepModel
 from capo.true_kl import step_kl_sums
@@ -102,9 +103,9 @@ class CAPOTrainer(GRPOTrainer):
         self._capo_pending: dict[str, Any] | None = None
         self._capo_acc = StepRecord()
         self._capo_rewards_per_func: torch.Tensor | None = None
-        weight, _ = output_layer(self.accelerator.unwrap_model(self.model))
-        self._capo_vocab, self._capo_hidden = int(weight.shape[0]), int(weight.shape[1])
-        self._capo_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        vocab, hidden, head_dtype = output_layer_shape(self.accelerator.unwrap_model(self.model))
+        self._capo_vocab, self._capo_hidden = vocab, hidden
+        self._capo_dtype = torch.float64 if head_dtype == torch.float64 else torch.float32
         if self._capo_capture:
             check_plain_output_layer(self.accelerator.unwrap_model(self.model))
         if self._capo_active:  # frozen / adapter head: ValueError; tied embeddings: a warning
@@ -181,9 +182,10 @@ class CAPOTrainer(GRPOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
         hidden = completion_hidden(cap.hidden, logits_to_keep)
-        keep, valid = self._capo_micro_batch(
-            model, hidden, input_ids, attention_mask, logits_to_keep, inputs
-        )
+        with gathered_output_layer(self.accelerator.unwrap_model(model)):  # ZeRO-3: whole lm_head
+            keep, valid = self._capo_micro_batch(
+                model, hidden, input_ids, attention_mask, logits_to_keep, inputs
+            )
         if keep is not None:
             per_completion_mean = self.args.capo_variant != "dr_grpo"
             c = loss_coefficients(keep, valid, per_completion_mean, logps.dtype)
@@ -360,7 +362,9 @@ class CAPOTrainer(GRPOTrainer):
         if acc.head_before is not None:
             unwrapped = self.accelerator.unwrap_model(self.model)
             autocast, tau = self.accelerator.autocast, self.temperature
-            total = step_kl_sums(unwrapped, acc.kl_inputs, acc.head_before, tau, autocast).to(dev)
+            with gathered_output_layer(unwrapped):
+                total = step_kl_sums(unwrapped, acc.kl_inputs, acc.head_before, tau, autocast)
+            total = total.to(dev)
         kl, head, n = self._capo_reduce(total).tolist()
         n = n or math.nan  # no token on any rank: nan
         return {metrics.TRUE_KL: kl / n, metrics.TRUE_KL_HEAD: head / n}

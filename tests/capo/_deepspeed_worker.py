@@ -1,7 +1,8 @@
 """Worker of test_distributed_deepspeed.py: one rank of a CAPO run under a DeepSpeed launch.
 
 Usage: ``accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 2
---mixed_precision no tests/capo/_deepspeed_worker.py OUT``. The configuration asks for ``use_cpu=False``,
+--mixed_precision no tests/capo/_deepspeed_worker.py OUT [DTYPE]`` (DTYPE: float64 by default; ZeRO-3
+accepts float32, bf16 and fp16 only). The configuration asks for ``use_cpu=False``,
 as a GPU recipe does; :func:`capo_app.launch.launch_overrides` is what makes the CPU launch work.
 """
 
@@ -21,15 +22,16 @@ from tests.capo import _distributed_worker as W
 from tests.capo import _trainer_helpers as H
 
 
-def run(out_dir: str, world: int) -> dict:
+def run(out_dir: str, world: int, dtype: torch.dtype = torch.float64) -> dict:
     settings = {**W.SETTINGS, "use_cpu": False, **launch_overrides()}
-    tr = H.trainer(
-        out_dir, cls=W.Stub, per_device_train_batch_size=W.GLOBAL_BATCH // world, **settings
-    )
+    batch = W.GLOBAL_BATCH // world
+    model = H.tiny_model(dtype)
+    tr = H.trainer(out_dir, cls=W.Stub, model=model, per_device_train_batch_size=batch, **settings)
     tr.capo_record = []
     tr.train()
     return {
         "world_size": tr.args.world_size,
+        "lm_head_sharded": hasattr(tr.accelerator.unwrap_model(tr.model).lm_head.weight, "ds_id"),
         "distributed_type": str(tr.accelerator.distributed_type),
         "record": [
             {k: e[k] for k in ("completion_index", "valid", "keep")} for e in tr.capo_record
@@ -43,5 +45,6 @@ def run(out_dir: str, world: int) -> dict:
 if __name__ == "__main__":
     warnings.filterwarnings("ignore")
     out = Path(sys.argv[1])
-    result = run(str(out / "run"), int(os.environ.get("WORLD_SIZE", "1")))
+    dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float64
+    result = run(str(out / "run"), int(os.environ.get("WORLD_SIZE", "1")), dtype)
     torch.save(result, out / f"rank{int(os.environ.get('RANK', '0'))}.pt")
