@@ -140,6 +140,16 @@ class CAPOConfig(GRPOConfig):
             "[chunk, k, hidden] temporaries). None picks a chunk within a fixed memory budget."
         },
     )
+    capo_global_shift: bool = field(
+        default=True,
+        metadata={
+            "help": "Log capo/global_m_H and capo/global_m_F, the shifts the step's whole accepted set "
+            "proposes. Keeps every accepted token's hidden state and support until the step end "
+            "(~180 MB per GPU at the paper's shapes) and builds the [U, H] proposed step there (up to "
+            "~2.4 GB when the gradient touches all rows; benchmarks/projection.py). False skips both; "
+            "masks, moments and parameters are unchanged."
+        },
+    )
     capo_log_true_kl: bool = field(
         default=False,
         metadata={

@@ -279,7 +279,8 @@ class CAPOTrainer(GRPOTrainer):
                 sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
             )
         )
-        acc.accepted.append(sel.batch.select_tokens(applied_flat))
+        if args.capo_global_shift:
+            acc.accepted.append(sel.batch.select_tokens(applied_flat))
         if self.capo_record is not None:
             self.capo_record.append(
                 {
@@ -342,10 +343,12 @@ class CAPOTrainer(GRPOTrainer):
         grad = grad_sum / max(n_acc, 1)
         lr = acc.lr if acc.lr is not None else self._capo_lr()
         chunk = self.args.capo_chunk_size or 256
-        m_h, m_f = global_shifts(
-            self._capo_step_model(lr), union, grad, acc.accepted, n_acc, self._capo_reduce, chunk
-        )
-        out[metrics.GLOBAL_M_H], out[metrics.GLOBAL_M_F] = m_h, m_f
+        if self.args.capo_global_shift:
+            step = self._capo_step_model(lr)
+            m_h, m_f = global_shifts(
+                step, union, grad, acc.accepted, n_acc, self._capo_reduce, chunk
+            )
+            out[metrics.GLOBAL_M_H], out[metrics.GLOBAL_M_F] = m_h, m_f
         if self.capo_moments is not None:
             self.capo_moments.update(union, grad)
         gather = self.accelerator.gather
