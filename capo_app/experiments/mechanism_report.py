@@ -129,8 +129,32 @@ def _group_lines(res: RegimeResult, summaries: dict[str, dict[str, Any]]) -> lis
     return lines
 
 
+def _check_lines(v: dict[str, Any], title: str) -> list[str]:
+    """The verdict line (or the secondary reading) and the C1-C3 table of one optimizer's arms."""
+    gains = ", ".join(f"{k}: {m:+.3f} ± {se:.3f}" for k, (m, se) in v["gains_over_base"].items())
+    lines = [
+        f"**{title}: {v['verdict']}** ({v['reason']}). V1 (GRPO (A) crashes in >= 4/5): {v['V1']}; "
+        f"V2 (conservative or lower-lr GRPO (A) beats base by > 2 SE): {v['V2']} (gains {gains}).",
+        "",
+        "| capo arm | rejection | kept seeds | vs random (paired) | C1 | C2 | completions to "
+        f"target {_fmt(v['target'])} (lower-lr: {v['target_arm']}) | C3 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in v["checks"]:
+        lines.append(
+            f"| {c['arm']} | {c['rejection']:.3f} | {c['kept_seeds']}/{c['n_seeds']} | "
+            f"{c['vs_random'][0]:+.3f} ± {c['vs_random'][1]:.3f} | {c['C1']} | {c['C2']} | "
+            f"{_fmt(c['completions_to_target'])} vs {_fmt(c['lower_lr_completions'])} | {c['C3']} |"
+        )
+    return [*lines, ""]
+
+
 def _regime_section(
-    name: str, res: RegimeResult, summaries: dict[str, Any], v: dict[str, Any]
+    name: str,
+    res: RegimeResult,
+    summaries: dict[str, Any],
+    v: dict[str, Any],
+    sgd: dict[str, Any] | None = None,
 ) -> list[str]:
     extra = "" if name in PRIMARY else " (supplementary, post hoc: not one of the three verdicts)"
     lines = [f"## Regime `{name}`{extra}", ""]
@@ -154,24 +178,12 @@ def _regime_section(
         f"{r['train_tail']:.3f} | {r['crashed']} |"
         for r in res.lr_sweep
     ]
-    lines += ["", *_arm_table(summaries), ""]
-    lines += [
-        f"**Verdict: {v['verdict']}** ({v['reason']}). V1 (GRPO (A) crashes in >= 4/5): {v['V1']}; "
-        f"V2 (conservative or lower-lr GRPO (A) beats base by > 2 SE): {v['V2']} "
-        f"(gains {', '.join(f'{k}: {m:+.3f} ± {se:.3f}' for k, (m, se) in v['gains_over_base'].items())}).",
-        "",
-        "| capo arm | rejection | kept seeds | vs random (paired) | C1 | C2 | completions to "
-        f"target {_fmt(v['target'])} (lower-lr: {v['target_arm']}) | C3 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in v["checks"]:
-        lines.append(
-            f"| {c['arm']} | {c['rejection']:.3f} | {c['kept_seeds']}/{c['n_seeds']} | "
-            f"{c['vs_random'][0]:+.3f} ± {c['vs_random'][1]:.3f} | {c['C1']} | {c['C2']} | "
-            f"{_fmt(c['completions_to_target'])} vs {_fmt(c['lower_lr_completions'])} | {c['C3']} |"
+    lines += ["", *_arm_table(summaries), "", *_check_lines(v, "Verdict (Adam arms)")]
+    if sgd is not None:
+        lines += _check_lines(
+            sgd, "The same criteria on the SGD arms (secondary reading, not the verdict)"
         )
     lines += [
-        "",
         "What drives the crash (GRPO (A) with one token group's gradient removed) and whether CAPO "
         "rejects those tokens:",
         "",
@@ -185,36 +197,43 @@ def _regime_section(
     return lines
 
 
-def _best_capo(summaries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    capo = [s for s in summaries.values() if s["optimizer"] == "adam" and s["masking"] == "capo"]
+def _best_capo(summaries: dict[str, dict[str, Any]], opt: str = "adam") -> dict[str, Any] | None:
+    capo = [s for s in summaries.values() if s["optimizer"] == opt and s["masking"] == "capo"]
     return max(capo, key=lambda s: float(np.mean(s["final"]))) if capo else None
 
 
+def _summary_row(name: str, res: RegimeResult, s: dict[str, Any], opt: str, verdict: str) -> str:
+    grpo, best = s[f"{opt}/grpo_a"], _best_capo(s, opt)
+    control = next(
+        (a["name"] for a in res.arms if best and a.get("control_of") == best["name"]), None
+    )
+    lower = [v for k, v in s.items() if k.startswith(f"{opt}/grpo_a_lr")]
+    low = max(lower, key=lambda v: float(np.mean(v["final"]))) if lower else None
+    best_cell = (f"{best['name']}: {_mean_se(best['final'])}, {np.mean(best['rejection_mean']):.3f}"
+                 if best else "-")  # fmt: skip
+    low_cell = f"{low['name']}: {_mean_se(low['final'])}" if low else "-"
+    return (
+        f"| {name} | {opt} | {res.lr[opt]:g} | {sum(grpo['crashed'])}/{len(grpo['crashed'])} | "
+        f"{grpo['base']:.3f} | {_mean_se(grpo['final'])} | {best_cell} | "
+        f"{_mean_se(s[control]['final']) if control else '-'} | {low_cell} | {verdict} |"
+    )
+
+
 def _summary_rows(
-    results: dict[str, RegimeResult], summaries: dict[str, Any], verdicts: dict[str, Any]
-) -> list[str]:
-    """One row per regime: the closing note's numbers."""
-    lines = ["| regime | aggressive lr (Adam) | GRPO (A) crashed | base | GRPO (A) final | best CAPO arm "
-             "(final, rejection) | its random control | lower-lr GRPO (A) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    results: dict[str, RegimeResult], summaries: dict[str, Any], verdicts: dict[str, Any],
+    sgd: dict[str, Any],
+) -> list[str]:  # fmt: skip
+    """One row per regime and optimizer: the closing note's numbers (SGD: the secondary reading)."""
+    lines = ["| regime | optimizer | aggressive lr | GRPO (A) crashed | base | GRPO (A) final | best CAPO "
+             "arm (final, rejection) | its random control | lower-lr GRPO (A) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, res in results.items():
-        s = summaries[name]
-        grpo, best = s["adam/grpo_a"], _best_capo(s)
-        control = next(
-            (a["name"] for a in res.arms if best and a.get("control_of") == best["name"]), None
-        )
-        lower = [v for k, v in s.items() if k.startswith("adam/grpo_a_lr")]
-        low = max(lower, key=lambda v: float(np.mean(v["final"]))) if lower else None
-        best_cell = (f"{best['name']}: {_mean_se(best['final'])}, {np.mean(best['rejection_mean']):.3f}"
-                     if best else "-")  # fmt: skip
-        low_cell = f"{low['name']}: {_mean_se(low['final'])}" if low else "-"
         lines.append(
-            f"| {name} | {res.lr['adam']:g} | {sum(grpo['crashed'])}/{len(grpo['crashed'])} | "
-            f"{grpo['base']:.3f} | {_mean_se(grpo['final'])} | {best_cell} | "
-            f"{_mean_se(s[control]['final']) if control else '-'} | "
-            f"{low_cell} | "
-            f"**{verdicts[name]['verdict']}** |"
+            _summary_row(name, res, summaries[name], "adam", f"**{verdicts[name]['verdict']}**")
         )
+        if name in sgd:
+            reading = f"(secondary: {sgd[name]['verdict']})"
+            lines.append(_summary_row(name, res, summaries[name], "sgd", reading))
     return lines
 
 
@@ -232,6 +251,9 @@ def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes
     out.mkdir(parents=True, exist_ok=True)
     summaries = {name: summarize(res) for name, res in results.items()}
     verdicts = {name: judge(res, summaries[name]) for name, res in results.items()}
+    sgd = {
+        n: judge(r, summaries[n], "sgd") for n, r in results.items() if "sgd/grpo_a" in summaries[n]
+    }
     figures = write_figures(
         out,
         {
@@ -247,6 +269,7 @@ def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes
             "lr_sweep": r.lr_sweep,
             "best_percentile": r.best,
             "checks": verdicts[n],
+            "sgd_checks": sgd.get(n),
             "seconds": r.seconds,
         }
         for n, r in results.items()
@@ -277,13 +300,13 @@ def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes
         "",
         "## Summary",
         "",
-        *_summary_rows(results, summaries, verdicts),
+        *_summary_rows(results, summaries, verdicts, sgd),
         "",
         notes,
         "",
     ]
     for name, res in results.items():
-        lines += _regime_section(name, res, summaries[name], verdicts[name])
+        lines += _regime_section(name, res, summaries[name], verdicts[name], sgd.get(name))
     lines += ["## Figures", ""] + [f"- {k}: ![{k}]({v})" for k, v in figures.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

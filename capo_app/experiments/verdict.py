@@ -1,6 +1,7 @@
 """Per-arm summaries, the criteria of the verdict (fixed before any result) and the verdict per regime.
 
-The criteria, applied to the Adam arms of a regime (the SGD arms get the same table, without a verdict):
+The criteria, applied to the Adam arms of a regime (the SGD arms get the same table, without a verdict:
+the paper's method is specified with Adam):
 
 - V1 (GRPO (A) crashes): ``adam/grpo_a`` crashed (:func:`capo_app.experiments.protocol.crashed`) in at
   least 4 of 5 seeds.
@@ -104,23 +105,26 @@ def _checks(s: dict[str, Any], control: dict[str, Any] | None) -> dict[str, Any]
     }
 
 
-def judge(res: RegimeResult, summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The verdict of one regime and every check behind it (module doc)."""
-    base_arm = summaries["adam/grpo_a"]
+def judge(
+    res: RegimeResult, summaries: dict[str, dict[str, Any]], optimizer: str = "adam"
+) -> dict[str, Any]:
+    """The verdict of one regime and every check behind it (module doc), on one optimizer's arms."""
+    opt = optimizer
+    base_arm = summaries[f"{opt}/grpo_a"]
     v1 = float(np.mean(base_arm["crashed"])) >= MIN_SEEDS_FRACTION
     learners = [
         s
         for n, s in summaries.items()
-        if n.startswith("adam/grpo_a_lr") or n == "adam/grpo_conservative"
+        if n.startswith(f"{opt}/grpo_a_lr") or n == f"{opt}/grpo_conservative"
     ]
     gains = {s["name"]: paired(s["final"], s["base_per_seed"]) for s in learners}
     v2 = any(m > 2 * se and m > 0 for m, se in gains.values())
-    lower = [s for s in learners if s["name"].startswith("adam/grpo_a_lr")]
+    lower = [s for s in learners if s["name"].startswith(f"{opt}/grpo_a_lr")]
     ref = max(lower, key=lambda s: float(np.mean(s["final"]))) if lower else None
     target = float(np.mean(ref["final"])) if ref else float("nan")
     checks = []
     for arm in res.arms:
-        if arm["optimizer"] != "adam" or arm["masking"] != "capo":
+        if arm["optimizer"] != opt or arm["masking"] != "capo":
             continue
         control = next((a["name"] for a in res.arms if a.get("control_of") == arm["name"]), None)
         c = _checks(summaries[arm["name"]], summaries.get(control) if control else None)
