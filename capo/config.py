@@ -140,6 +140,15 @@ class CAPOConfig(GRPOConfig):
             "[chunk, k, hidden] temporaries). None picks a chunk within a fixed memory budget."
         },
     )
+    capo_moments_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Storage of the tracked Adam moments: 'float32' (float64 with a float64 model) or "
+            "'bfloat16' (half the memory: 2.1 instead of 4.2 GB per GPU once all 152k rows of Qwen2.5 "
+            "are touched). bf16 rows are updated and decayed in float32 and stored with stochastic "
+            "rounding: unbiased, ~1.5 % median error in v against float32 (tests/capo/test_moments_memory.py)."
+        },
+    )
     capo_global_shift: bool = field(
         default=True,
         metadata={
@@ -236,6 +245,10 @@ class CAPOConfig(GRPOConfig):
             raise ValueError(
                 f"capo_step_model must be one of {list(CAPO_STEP_MODELS)}, got "
                 f"{self.capo_step_model!r}"
+            )
+        if self.capo_moments_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"capo_moments_dtype must be 'float32' or 'bfloat16', got {self.capo_moments_dtype!r}"
             )
         if isinstance(self.capo_support_size, bool) or int(self.capo_support_size) < 1:
             raise ValueError(f"capo_support_size must be an int >= 1, got {self.capo_support_size}")

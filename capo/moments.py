@@ -37,7 +37,9 @@ class SparseAdamMoments:
         eps: ε of Adam (added outside the square root, as in ``torch.optim.Adam``).
         dtype: storage dtype of m and v. None (the default) stores float32 and promotes the tables
             (exactly) to float64 the first time a float64 gradient arrives (docs/design.md §3: float64
-            inputs are computed in float64); an explicit dtype is kept as given.
+            inputs are computed in float64); an explicit dtype is kept as given. Storage narrower
+            than float32 (bf16) is updated and decayed in float32 and written back with stochastic
+            rounding (:meth:`_store`), identically on every rank (a fixed-seed generator).
         device: where the tables live.
     """
 
@@ -190,9 +192,41 @@ class SparseAdamMoments:
         slots, d1, d2 = self.lookup(row_ids, check=False)
         m, v = self.gather(slots)
         if self._count:
-            m.mul_(d1.to(self.dtype)[:, None])
-            v.mul_(d2.to(self.dtype)[:, None])
+            cdt = self._arith_dtype
+            for table, decay in ((m, d1), (v, d2)):
+                if cdt == self.dtype:
+                    table.mul_(decay.to(cdt)[:, None])
+                else:  # narrow storage: the decay in float32, one rounding
+                    table.copy_(table.to(cdt).mul_(decay.to(cdt)[:, None]))
         return m, v
+
+    @property
+    def _arith_dtype(self) -> torch.dtype:
+        """Arithmetic dtype: float32 for narrower storage (β2 = 0.999 is 1.0 in bf16), else storage."""
+        return torch.float32 if torch.finfo(self.dtype).bits < 32 else self.dtype
+
+    def _store(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (arithmetic dtype) in the storage dtype; narrow storage rounds stochastically.
+
+        Round-to-nearest would stall: an Adam update moves v by (1 − β2) = 0.1 % per step, below half
+        a bf16 ulp (0.2 %), so v would never move. Stochastic rounding is unbiased (E[stored] = x).
+        """
+        if x.dtype == self.dtype:
+            return x
+        if self.dtype != torch.bfloat16:
+            return x.to(self.dtype)
+        bits = x.float().view(torch.int32)
+        noise = torch.randint_like(bits, 0, 1 << 16, generator=self._rounding_rng())
+        return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+    def _rounding_rng(self) -> torch.Generator:
+        rng = getattr(self, "_rng", None)
+        if rng is None or rng.device != self.device:
+            rng = torch.Generator(device=self.device).manual_seed(
+                self.vocab_size * 31 + self.hidden_size
+            )
+            self._rng = rng
+        return rng
 
     def _grow(self, needed: int) -> None:
         cap = self._m.shape[0]
@@ -242,7 +276,8 @@ class SparseAdamMoments:
             raise ValueError(f"row_grads {_shape(row_grads)} has non-finite entries")
         if row_grads.dtype == torch.float64:
             self._promote_to_float64()
-        g = row_grads.to(device=self.device, dtype=self.dtype)
+        cdt = self._arith_dtype
+        g = row_grads.to(device=self.device, dtype=cdt)
         new_step = self.t + 1
         slot = self._slot[row_ids]
         fresh = slot < 0
@@ -260,13 +295,13 @@ class SparseAdamMoments:
             slot = self._slot[row_ids]
         b1, b2 = self.betas
         d1, d2 = self._decay(slot, new_step)
-        d1, d2 = d1.to(self.dtype)[:, None], d2.to(self.dtype)[:, None]
+        d1, d2 = d1.to(cdt)[:, None], d2.to(cdt)[:, None]
         for r0 in range(0, r, block):  # bounded temporaries: no fresh [R, H] pages to fault in
             sl, gb = slot[r0 : r0 + block], g[r0 : r0 + block]
-            m = torch.index_select(self._m, 0, sl).mul_(d1[r0 : r0 + block])
-            v = torch.index_select(self._v, 0, sl).mul_(d2[r0 : r0 + block])
-            self._m.index_copy_(0, sl, m.add_(gb, alpha=1.0 - b1))
-            self._v.index_copy_(0, sl, v.addcmul_(gb, gb, value=1.0 - b2))
+            m = torch.index_select(self._m, 0, sl).to(cdt).mul_(d1[r0 : r0 + block])
+            v = torch.index_select(self._v, 0, sl).to(cdt).mul_(d2[r0 : r0 + block])
+            self._m.index_copy_(0, sl, self._store(m.add_(gb, alpha=1.0 - b1)))
+            self._v.index_copy_(0, sl, self._store(v.addcmul_(gb, gb, value=1.0 - b2)))
         self._last[slot] = new_step
         self.t = new_step
 

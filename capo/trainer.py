@@ -121,6 +121,7 @@ class CAPOTrainer(GRPOTrainer):
                 self._capo_hidden,
                 betas=(args.adam_beta1, args.adam_beta2),
                 eps=args.adam_epsilon,
+                dtype=torch.bfloat16 if args.capo_moments_dtype == "bfloat16" else None,
                 device=self.accelerator.device,
             )
         self.add_callback(_StepEnd(self))
