@@ -39,10 +39,13 @@ def merge_rows(
             torch.zeros(0, hidden_size, dtype=dtype, device=device),
         )
     ids = torch.cat([p[0].to(device) for p in parts])
-    rows = torch.cat([p[1].to(device=device, dtype=dtype) for p in parts])
     uniq, inv = torch.unique(ids, sorted=True, return_inverse=True)
     out = torch.zeros(uniq.numel(), hidden_size, dtype=dtype, device=device)
-    out.index_add_(0, inv, rows)
+    start = 0
+    for part_ids, rows in parts:  # part by part: no concatenated [sum R_j, H] copy of the rows
+        stop = start + part_ids.numel()
+        out.index_add_(0, inv[start:stop], rows.to(device=device, dtype=dtype))
+        start = stop
     return uniq, out
 
 
