@@ -11,6 +11,9 @@ batch, and a masking rule:
   same seed (the control: does the *selection* matter, or only the amount?);
 - ``group``: GRPO (A) with the gradient of one token group removed, a group being sign(A) × π_a bucket
   (which tokens drive the crash?).
+
+A ``kl_budget`` arm (masking ``none``) instead shrinks the whole step until its KL fits a budget: the
+sibling trust region, which controls the step's size rather than its direction.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class Arm:
         band: With ``percentile``: also the symmetric m_H band at the same percentile of |m_H|.
         control_of: A ``random`` arm copies the per-step rejection rate of this ``capo`` arm.
         group: A ``group`` arm removes the tokens of ``GROUPS[group]``.
+        kl_budget: Scale each step so that its exact (lookahead) KL is at most this (the trust region of
+            ``CAPOConfig.capo_kl_budget``, an extension beyond the paper); None: no budget.
     """
 
     name: str
@@ -71,6 +76,7 @@ class Arm:
     band: bool = False
     control_of: str | None = None
     group: int | None = None
+    kl_budget: float | None = None
 
     @property
     def label(self) -> str:
@@ -85,6 +91,8 @@ class Arm:
             return f"random mask at the rate of {self.control_of} [{opt}]"
         if self.masking == "group" and self.group is not None:
             return f"{BASELINE.label} (A) without {GROUPS[self.group]} [{opt}]"
+        if self.kl_budget is not None:
+            return f"{BASELINE.label} (A), KL budget {self.kl_budget:g} per step [{opt}]"
         if self.batch_ratio > 1:
             return f"{BASELINE.label} (conservative) [{opt}]"
         lr = "" if self.lr_scale == 1.0 else f" lr x{self.lr_scale:g}"

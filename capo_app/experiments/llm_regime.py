@@ -96,6 +96,12 @@ def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> di
             hessian_high=arm.thresholds.hessian_high,
             fisher_max=arm.thresholds.fisher_max,
         )
+    if (
+        arm.kl_budget is not None
+    ):  # exact lookahead KL: the last-layer prediction misses the backbone
+        values.update(
+            capo_kl_budget=arm.kl_budget, capo_kl_model="lookahead", capo_kl_backtrack=True
+        )
     if setup.warm_start_steps is not None:
         values["warm_start_steps"] = setup.warm_start_steps
     if setup.tiny_cache_dir is not None:

@@ -68,6 +68,7 @@ class RegimeConfig:
         groups: Run the sign(A) × π_a group ablation on the evaluation seeds.
         conservative: Conservative GRPO's (lr scale, batch ratio); None: no such arm.
         paper_control: Also a random-mask control at the paper's arm's rate.
+        kl_budgets: GRPO (A) with a per-step KL budget (Adam), one arm per value.
     """
 
     name: str
@@ -83,6 +84,7 @@ class RegimeConfig:
     groups: bool = True
     conservative: tuple[float, int] | None = (0.2, 12)
     paper_control: bool = True
+    kl_budgets: tuple[float, ...] = ()
 
 
 def final(record: dict[str, Any]) -> float:
@@ -123,6 +125,7 @@ def arms_of(cfg: RegimeConfig, best: dict[str, float] | None = None) -> list[Arm
                     arms.append(
                         Arm(name.replace("capo_", "random_"), opt, "random", control_of=name)
                     )
+    arms += [Arm(f"adam/grpo_a_kl{b:g}", kl_budget=b) for b in cfg.kl_budgets]
     if cfg.groups:
         arms += [
             Arm(f"adam/grpo_a_minus_g{g}", "adam", "group", group=g) for g in range(len(GROUPS))
@@ -176,7 +179,9 @@ def _slug(name: str) -> str:
 
 
 def _settings(arm: Arm, lr: float, rates: list[float] | None) -> dict[str, Any]:
-    return json.loads(json.dumps({"arm": asdict(arm), "lr": lr, "rates": rates}, default=str))
+    """What a saved run must match to be reused (``kl_budget``, added later, only when set)."""
+    data = {k: v for k, v in asdict(arm).items() if k != "kl_budget" or v is not None}
+    return json.loads(json.dumps({"arm": data, "lr": lr, "rates": rates}, default=str))
 
 
 @dataclass

@@ -39,6 +39,7 @@ _LLM_ARMS: dict[str, Any] = {
     "lr_scales": (0.25,),
     "groups": False,
     "conservative": None,
+    "kl_budgets": (1e-3,),
 }
 """The tiny-LLM regimes' arms (a run costs 0.5-2 min on the shared CPU; see :data:`CUTS`)."""
 
@@ -61,6 +62,7 @@ FULL: dict[str, RegimeConfig] = {
     "toy": RegimeConfig(
         "toy",
         ToySetup(task=TOY_TASK, steps=60, prompts_per_step=8, cue_weight=3.0),
+        kl_budgets=(0.1,),
         lr_grid={"adam": (3.0, 10.0, 30.0), "sgd": (1.0, 3.0, 10.0)},
     ),
     "full": RegimeConfig(

@@ -194,6 +194,10 @@ def _train_step(
         st.adam.update(grad)
     else:
         delta = lr * grad
+    budget = arm.kl_budget
+    for _ in range(2 if budget is not None else 0):  # trust region, then one backtrack
+        kl = tree.average_kl(ctx["d"], ctx["probs"], tree.probs(st.W + delta))
+        delta = delta * min(1.0, math.sqrt(budget / kl)) if budget and kl > 0 else delta
     st.W = st.W + delta
     rej, tot = rejection_by_group(valid, keep, adv, pi_a)
     take = st.rng.choice(s.shape[0], size=min(s.shape[0], setup.shift_samples // setup.steps + 1))
@@ -239,7 +243,7 @@ def run_toy(
     st.add(score=J, entropy=tree.mean_entropy(d, probs), completions=0)
     per_step = setup.prompts_per_step * arm.batch_ratio * setup.group_size
     for step in range(setup.steps):
-        _train_step(tree, setup, arm, step, st, {"lr": lr, "probs": probs, "rates": rates})
+        _train_step(tree, setup, arm, step, st, {"lr": lr, "probs": probs, "rates": rates, "d": d})
         new = tree.probs(st.W)
         kl = tree.average_kl(d, probs, new)
         probs = new

@@ -154,3 +154,11 @@ def test_verdict_follows_the_written_criteria():
     works = _regime([0.5, 0.7, 0.72, 0.75], [0.5, 0.3, 0.1, 0.0])
     verdict = judge(works, summarize(works))
     assert verdict["V1"] and verdict["V2"] and verdict["verdict"] == "confirms"
+
+
+def test_a_kl_budget_arm_keeps_each_toy_step_near_its_budget():
+    """The trust region scales the step by sqrt(δ / KL): the exact KL is δ to second order (<= 1.5 δ here)."""
+    budget = 1e-3
+    rec = run_toy(TOY, Arm("adam/grpo_a_kl", kl_budget=budget), 10.0, 0)
+    plain = run_toy(TOY, Arm("adam/grpo_a"), 10.0, 0)
+    assert max(rec["true_kl"]) <= 1.5 * budget < max(plain["true_kl"])
