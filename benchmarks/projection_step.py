@@ -143,10 +143,12 @@ def _step_end(
     dev = parts[0][1].device
     with phase("merge"):
         ids, rows = merge_rows(parts, moments.hidden_size, torch.float32, dev)
+        parts.clear()
     with phase("allreduce"):
         union, grad_sum = allreduce_sparse_rows(ids, rows, moments.vocab_size, lambda t: t)
+        del ids, rows
     with phase("global_shifts"):
-        grad = grad_sum / max(n_acc, 1)
+        grad = grad_sum.div_(max(n_acc, 1))
         global_shifts(
             AdamStep(LR, moments), union, grad, accepted, n_acc, lambda t: t, chunk or 256
         )
@@ -176,11 +178,15 @@ def run_step(
     Returns:
         (U, the union rows of the step's gradient; the mean rows of one micro-batch's gradient).
     """
-    parts, accepted = zip(
-        *(_micro_batch(phase, weight, k, x, moments, chunk_size) for x in inputs), strict=True
-    )
-    u = _step_end(phase, list(parts), list(accepted), moments, chunk_size)
-    return u, sum(p[0].numel() for p in parts) / len(parts)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    accepted: list[TokenBatch] = []
+    for x in inputs:  # the lists hold the only references: _step_end frees the parts once merged
+        part, tokens = _micro_batch(phase, weight, k, x, moments, chunk_size)
+        parts.append(part)
+        accepted.append(tokens)
+        del part, tokens
+    u_micro = sum(p[0].numel() for p in parts) / len(parts)
+    return _step_end(phase, parts, accepted, moments, chunk_size), u_micro
 
 
 def synthetic_inputs(

@@ -339,9 +339,11 @@ class CAPOTrainer(GRPOTrainer):
             metrics.ACCEPTED_TOKENS: totals["applied"],
         }
         ids, rows = merge_rows(acc.grad_parts, self._capo_hidden, self._capo_dtype, dev)
+        acc.grad_parts.clear()  # free each buffer once used: the step end's memory peak is here
         union, grad_sum = allreduce_sparse_rows(ids, rows, self._capo_vocab, self._capo_reduce)
+        del ids, rows
         n_acc = round(totals["applied"])
-        grad = grad_sum / max(n_acc, 1)
+        grad = grad_sum.div_(max(n_acc, 1))
         lr = acc.lr if acc.lr is not None else self._capo_lr()
         chunk = self.args.capo_chunk_size or 256
         if self.args.capo_global_shift:
