@@ -219,6 +219,12 @@ def _summary_row(name: str, res: RegimeResult, s: dict[str, Any], opt: str, verd
     )
 
 
+def _verdict_cell(name: str, verdict: dict[str, Any]) -> str:
+    return (
+        f"**{verdict['verdict']}**" if name in PRIMARY else f"(supplementary: {verdict['verdict']})"
+    )
+
+
 def _summary_rows(
     results: dict[str, RegimeResult], summaries: dict[str, Any], verdicts: dict[str, Any],
     sgd: dict[str, Any],
@@ -229,7 +235,7 @@ def _summary_rows(
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, res in results.items():
         lines.append(
-            _summary_row(name, res, summaries[name], "adam", f"**{verdicts[name]['verdict']}**")
+            _summary_row(name, res, summaries[name], "adam", _verdict_cell(name, verdicts[name]))
         )
         if name in sgd:
             reading = f"(secondary: {sgd[name]['verdict']})"

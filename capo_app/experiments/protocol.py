@@ -113,7 +113,7 @@ def arms_of(cfg: RegimeConfig, best: dict[str, float] | None = None) -> list[Arm
             arms.append(Arm(f"{opt}/grpo_conservative", opt, lr_scale=scale, batch_ratio=ratio))
         if opt == "adam" or not cfg.select_best:
             arms.append(Arm(f"{opt}/capo_paper", opt, "capo", thresholds=PAPER.thresholds))
-        if opt == "adam" and cfg.paper_control:
+        if cfg.paper_control:
             arms.append(Arm(f"{opt}/random_paper", opt, "random", control_of=f"{opt}/capo_paper"))
         for p in cfg.percentiles:
             if best is not None and best.get(opt) != p:
@@ -242,7 +242,9 @@ def _tune_lr(runs: _Runs, res: RegimeResult, opt: str) -> list[dict[str, Any]]:
     grid, seeds = runs.cfg.lr_grid[opt], runs.cfg.tuning_seeds
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for lr in grid:
-        by_lr[lr] = [runs.get(Arm(f"{opt}/grpo_a", opt), lr, s, tag="-tune") for s in seeds]
+        by_lr[lr] = [
+            runs.get(Arm(f"{opt}/grpo_a", opt), lr, s, tag=f"-tune-lr{lr:g}") for s in seeds
+        ]
         for rec in by_lr[lr]:
             tail = float(np.mean(rec["train_reward"][-max(1, len(rec["train_reward"]) // 5) :]))
             res.lr_sweep.append(
