@@ -148,9 +148,9 @@ def _header(quick: bool, status: str, regimes: Sequence[str], start: float) -> s
         + ("**QUICK SMOKE RUN** (micro configuration, not the study's results). " if quick else "")
         + status
         + (
-            f"Regimes {', '.join(regimes)}; wall time {time.perf_counter() - start:.0f} s on one CPU "
-            "core (shared machine). Arms, protocol and criteria: `capo_app.experiments.study` and the "
-            "modules it names."
+            f"Regimes {', '.join(regimes)}; this invocation took {time.perf_counter() - start:.0f} s on "
+            "one core of a shared 2-core machine (runs saved under raw/ by earlier invocations are "
+            "reused). Arms, protocol and criteria: `capo_app.experiments.study` and the modules it names."
         )
     )
 
