@@ -35,7 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from projection_step import Hardware, measure_step, measure_true_kl, rows_key
+from projection_step import (
+    MICRO_PHASES,
+    STEP_END_PHASES,
+    Hardware,
+    measure_step,
+    measure_true_kl,
+    rows_key,
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,12 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
             "c_per_row": c,
         }
         out[key]["fit_max_rel_residual"] = resid
+    # A peak is the max over phases of linear functions: take the max of the projected phase peaks.
+    for peak, phases in (
+        ("mem.peak_forward", MICRO_PHASES),
+        ("mem.peak_step_end", STEP_END_PHASES),
+    ):
+        out[peak] = {"value": max(out[f"mem.{name}.peak"]["value"] for name in phases)}
     moments_dense = {"n": at["n"], "U": float(target.vocab)}
     (a, b, c), _ = fit_linear(runs, "mem.moments_update.retained")
     out["mem.moments_tables_dense"] = {"value": a + b * moments_dense["n"] + c * target.vocab}
@@ -145,13 +158,15 @@ MEMORY_ROWS = [
     ),
     ("accepted gradient rows, per micro-batch", "mem.gradient.retained", "M"),
     ("gradient chunk scratch", "mem.gradient.scratch", 1),
-    ("step end: merged rows", "mem.merge.retained", 1),
-    ("step end: merge scratch (the parts concatenated)", "mem.merge.scratch", 1),
-    ("step end: union rows + [V] indicator", "mem.allreduce.retained", 1),
-    ("step end: mean gradient rows", "mem.global_shifts.retained", 1),
-    ("step end: global-shift scratch (Δ rows, chunks)", "mem.global_shifts.scratch", 1),
-    ("step end: moments-update scratch", "mem.moments_update.scratch", 1),
     ("PEAK during the last micro-batch's forward", "mem.peak_forward", 1),
+    ("step end, all CAPO buffers at the peak of: merging the parts", "mem.merge.peak", 1),
+    ("  the all-reduce of the union rows", "mem.allreduce.peak", 1),
+    ("  the global shifts (proposed step Δ)", "mem.global_shifts.peak", 1),
+    (
+        "  the moments update (incl. growing the tables from 0 to U rows)",
+        "mem.moments_update.peak",
+        1,
+    ),
     ("PEAK at the step end", "mem.peak_step_end", 1),
 ]
 

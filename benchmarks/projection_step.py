@@ -28,6 +28,7 @@ from capo.true_kl import full_vocab_kl
 
 __all__ = [
     "MICRO_PHASES",
+    "STEP_END_PHASES",
     "Hardware",
     "measure_step",
     "measure_true_kl",
@@ -86,6 +87,7 @@ def _phase_quantities(phases: dict[str, list[PhaseTotals]], hw: Hardware) -> dic
         occ = phases[name]
         out[f"mem.{name}.retained"] = sum(p.retained for p in occ) / len(occ)
         out[f"mem.{name}.scratch"] = max(p.scratch for p in occ)
+        out[f"mem.{name}.peak"] = max(p.peak for p in occ)  # all CAPO buffers alive then
         ops = [op for p in occ for op in p.ops]
         out[f"work.{name}.flops"] = float(sum(op.flops for op in ops))
         out[f"work.{name}.bytes"] = float(sum(op.bytes for op in ops))
