@@ -156,7 +156,7 @@ MEMORY_ROWS = [
         "mem.accepted.retained",
         "M",
     ),
-    ("accepted gradient rows, per micro-batch", "mem.gradient.retained", "M"),
+    ("accepted gradient rows, summed over the micro-batches", "mem.gradient.retained", "M"),
     ("gradient chunk scratch", "mem.gradient.scratch", 1),
     ("PEAK during the last micro-batch's forward", "mem.peak_forward", 1),
     ("step end, all CAPO buffers at the peak of: merging the parts", "mem.merge.peak", 1),

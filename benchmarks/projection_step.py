@@ -46,8 +46,14 @@ STEP_END_PHASES = ("merge", "allreduce", "global_shifts", "moments_update")
 
 
 def rows_key(quantity: str) -> str:
-    """The row count a quantity scales with: a micro-batch's own rows, or the step's union."""
+    """The row count a quantity scales with: a micro-batch's own rows, or the step's union.
+
+    The running gradient sum grows to the step's union over the micro-batches, so its growth per
+    micro-batch (``mem.gradient.retained``) scales with U.
+    """
     phase = quantity.split(".")[1]
+    if quantity == "mem.gradient.retained":
+        return "U"
     return "U_micro" if phase in MICRO_PHASES or phase == "peak_forward" else "U"
 
 
@@ -116,8 +122,9 @@ def _micro_batch(
     inputs: tuple,
     moments: SparseAdamMoments,
     chunk: int | None,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], TokenBatch]:
-    """``CAPOTrainer._capo_micro_batch`` with every token accepted: (gradient part, accepted tokens)."""
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], TokenBatch, int]:
+    """``CAPOTrainer._capo_micro_batch``, every token accepted: (running gradient, tokens, rows)."""
     hidden, ids, valid, adv = inputs
     with phase("select"):
         sel = select_tokens(
@@ -128,9 +135,13 @@ def _micro_batch(
     applied = sel.keep_flat
     with phase("gradient"):
         part = last_layer_gradient(sel.batch, applied, reduction="sum", chunk_size=chunk)
+        rows = part[0].numel()
+        h, dev = moments.hidden_size, weight.device
+        parts = [merge_rows([*parts, part], h, torch.float32, dev)]
+        del part
     with phase("accepted"):
         accepted = sel.batch.select_tokens(applied)
-    return part, accepted
+    return parts, accepted, rows
 
 
 def _step_end(
@@ -182,13 +193,13 @@ def run_step(
     """
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     accepted: list[TokenBatch] = []
+    rows_per_micro = 0
     for x in inputs:  # the lists hold the only references: _step_end frees the parts once merged
-        part, tokens = _micro_batch(phase, weight, k, x, moments, chunk_size)
-        parts.append(part)
+        parts, tokens, rows = _micro_batch(phase, weight, k, x, moments, chunk_size, parts)
         accepted.append(tokens)
-        del part, tokens
-    u_micro = sum(p[0].numel() for p in parts) / len(parts)
-    return _step_end(phase, parts, accepted, moments, chunk_size), u_micro
+        rows_per_micro += rows
+        del tokens
+    return _step_end(phase, parts, accepted, moments, chunk_size), rows_per_micro / len(inputs)
 
 
 def synthetic_inputs(

@@ -275,11 +275,13 @@ class CAPOTrainer(GRPOTrainer):
         ok = sel.shifts.valid
         acc.m_h.append(sel.shifts.m_H[ok].float())
         acc.m_f.append(sel.shifts.m_F[ok].float())
-        acc.grad_parts.append(
-            last_layer_gradient(
-                sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
-            )
-        )
+        part = last_layer_gradient(
+            sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
+        )  # summed into one running part: O(U·H) memory whatever the number of micro-batches
+        dev = self.accelerator.device
+        acc.grad_parts = [
+            merge_rows([*acc.grad_parts, part], self._capo_hidden, self._capo_dtype, dev)
+        ]
         if args.capo_global_shift:
             acc.accepted.append(sel.batch.select_tokens(applied_flat))
         if self.capo_record is not None:
