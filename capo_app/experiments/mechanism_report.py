@@ -250,12 +250,14 @@ def _summary_rows(
 
 
 def _key_arms(res: RegimeResult) -> dict[str, list[str]]:
+    """The arms of the group-rejection figure (Adam paper and percentile arms, one SGD arm) and of the curves."""
     names = [a["name"] for a in res.arms]
-    capo = [n for n in names if n.startswith("adam/capo")]
-    curves = [n for n in names if n.startswith("adam/") and "minus" not in n and "random" not in n][
-        :6
+    adam = [n for n in names if n.startswith("adam/capo")][:2]
+    sgd = [n for n in names if n.startswith("sgd/capo_p95")] or [
+        n for n in names if n.startswith("sgd/capo")
     ]
-    return {"groups": capo[:3] or names[:1], "curves": curves}
+    curves = [n for n in names if "minus" not in n and "random" not in n and n.startswith("adam/")]
+    return {"groups": adam + sgd[:1] or names[:1], "curves": curves[:7]}
 
 
 def write_report(results: dict[str, RegimeResult], out: Path, header: str, notes: str = "") -> Path:
