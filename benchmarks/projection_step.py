@@ -137,8 +137,10 @@ def _micro_batch(
         part = last_layer_gradient(sel.batch, applied, reduction="sum", chunk_size=chunk)
         rows = part[0].numel()
         h, dev = moments.hidden_size, weight.device
-        parts = [merge_rows([*parts, part], h, torch.float32, dev)]
-        del part
+        merged = merge_rows([*parts, part], h, torch.float32, dev)
+        parts.clear()  # as the trainer's rebinding of acc.grad_parts: the old sum is freed here
+        parts.append(merged)
+        del part, merged
     with phase("accepted"):
         accepted = sel.batch.select_tokens(applied)
     return parts, accepted, rows

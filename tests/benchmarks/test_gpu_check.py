@@ -27,7 +27,7 @@ def test_dry_run_core_agrees_with_float64_and_times_the_step(tmp_path: Path) -> 
     for dtype in ("float32", "bfloat16"):
         assert res["agreement"][dtype]["ok"], res["agreement"][dtype]
     steps = [v for k, v in res.items() if k.startswith("paper_step_U") and not k.endswith("_s")]
-    assert len(steps) == 2
+    assert len(steps) == 3
     for step in steps:
         assert "error" not in step, step
         assert step["peak_extra_bytes"] > 0 and step["rows_touched"] > 0
