@@ -116,7 +116,7 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
         (a, b, c), resid = fit_linear(runs, key)
         value = a + b * at["n"] + c * at["U"]
         out[key] = {
-            "value": value if value > 0.0 else 0.0,
+            "value": value,
             "a": a,
             "b_per_token": b,
             "c_per_row": c,
@@ -156,8 +156,14 @@ MEMORY_ROWS = [
         "mem.accepted.retained",
         "M",
     ),
-    ("accepted gradient rows, summed over the micro-batches", "mem.gradient.retained", "M"),
+    (
+        "running sum of the accepted gradient rows (U rows), per micro-batch",
+        "mem.gradient.retained+mem.accumulate.retained",
+        "M",
+    ),
+    ("one micro-batch's gradient rows", "mem.gradient.retained", 1),
     ("gradient chunk scratch", "mem.gradient.scratch", 1),
+    ("summing into the running gradient: scratch", "mem.accumulate.scratch", 1),
     ("PEAK during the last micro-batch's forward", "mem.peak_forward", 1),
     ("step end, all CAPO buffers at the peak of: merging the parts", "mem.merge.peak", 1),
     ("  the all-reduce of the union rows", "mem.allreduce.peak", 1),
@@ -182,8 +188,9 @@ def render(result: dict, hw: Hardware) -> str:
     ]
     for label, key, mult in MEMORY_ROWS:
         m = t["micro_batches"] if mult == "M" else 1
-        v = p[key]["value"] * m / MiB
-        resid = p[key].get("fit_max_rel_residual", 0.0)
+        keys = key.split("+")  # a sum of quantities
+        v = max(sum(p[k]["value"] for k in keys), 0.0) * m / MiB  # retained < 0: a phase frees
+        resid = max(p[k].get("fit_max_rel_residual", 0.0) for k in keys)
         lines.append(f"{label + (' x M' if m > 1 else ''):74s} {v:10.1f}  {resid:.1e}")
     kl = result["true_kl"]
     lines.append(f"{'diagnostic true KL: output-layer copy':74s} {kl['head_copy'] / MiB:10.1f}")
@@ -196,15 +203,7 @@ def render(result: dict, hw: Hardware) -> str:
         f"{'kernels':>9s} {'syncs':>7s} {'launch ms':>10s}"
     )
     total_roof = total_launch = 0.0
-    for phase in (
-        "select",
-        "gradient",
-        "accepted",
-        "merge",
-        "allreduce",
-        "global_shifts",
-        "moments_update",
-    ):
+    for phase in MICRO_PHASES + STEP_END_PHASES:
         f, b = p[f"work.{phase}.flops"]["value"], p[f"work.{phase}.bytes"]["value"]
         roof, kern = p[f"work.{phase}.roofline_s"]["value"], p[f"work.{phase}.kernels"]["value"]
         sync = p[f"work.{phase}.syncs"]["value"]

@@ -41,7 +41,7 @@ LR = 1.5e-5
 TEMPERATURE = 0.9
 POOL_SCALE = 8.0
 """Pool rows of the output layer are scaled by this power of two (exact in bf16): top-k stays in the pool."""
-MICRO_PHASES = ("select", "gradient", "accepted")
+MICRO_PHASES = ("select", "gradient", "accumulate", "accepted")
 STEP_END_PHASES = ("merge", "allreduce", "global_shifts", "moments_update")
 
 
@@ -49,10 +49,10 @@ def rows_key(quantity: str) -> str:
     """The row count a quantity scales with: a micro-batch's own rows, or the step's union.
 
     The running gradient sum grows to the step's union over the micro-batches, so its growth per
-    micro-batch (``mem.gradient.retained``) scales with U.
+    micro-batch (``mem.accumulate.retained``) scales with U.
     """
     phase = quantity.split(".")[1]
-    if quantity == "mem.gradient.retained":
+    if quantity == "mem.accumulate.retained":
         return "U"
     return "U_micro" if phase in MICRO_PHASES or phase == "peak_forward" else "U"
 
@@ -136,6 +136,7 @@ def _micro_batch(
     with phase("gradient"):
         part = last_layer_gradient(sel.batch, applied, reduction="sum", chunk_size=chunk)
         rows = part[0].numel()
+    with phase("accumulate"):  # its own phase: a peak is fitted only where one moment dominates it
         h, dev = moments.hidden_size, weight.device
         merged = merge_rows([*parts, part], h, torch.float32, dev)
         parts.clear()  # as the trainer's rebinding of acc.grad_parts: the old sum is freed here
