@@ -154,8 +154,8 @@ class CAPOConfig(GRPOConfig):
         metadata={
             "help": "Log capo/global_m_H and capo/global_m_F, the shifts the step's whole accepted set "
             "proposes. Keeps every accepted token's hidden state and support until the step end "
-            "(~180 MB per GPU at the paper's shapes) and builds the [U, H] proposed step there (up to "
-            "~2.4 GB when the gradient touches all rows; benchmarks/projection.py). False skips both; "
+            "(~180 MB per GPU at the paper's shapes) and builds the [U, H] float32 proposed step there "
+            "(2.1 GB when the gradient touches all 152k rows; docs/projection). False skips both; "
             "masks, moments and parameters are unchanged."
         },
     )
