@@ -18,7 +18,7 @@ import torch
 from allocations import OpCounter, OpRecord, PhaseTotals
 
 from capo.gradients import last_layer_gradient
-from capo.masking import select_tokens
+from capo.masking import accept_micro_batch
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, global_shifts, merge_rows
 from capo.selection import Thresholds
@@ -127,7 +127,7 @@ def _micro_batch(
     """``CAPOTrainer._capo_micro_batch``, every token accepted: (running gradient, tokens, rows)."""
     hidden, ids, valid, adv = inputs
     with phase("select"):
-        sel = select_tokens(
+        sel = accept_micro_batch(
             hidden, ids, valid, adv, weight=weight, bias=None, support_size=k,
             temperature=TEMPERATURE, step=AdamStep(LR, moments),
             thresholds=Thresholds(None, None, None), granularity="token", chunk_size=chunk,

@@ -29,7 +29,7 @@ from capo.steps import StepModel
 from capo.support import support_from_hidden
 from capo.tokens import TokenBatch
 
-__all__ = ["MicroBatchSelection", "loss_coefficients", "select_tokens", "subset_ids"]
+__all__ = ["MicroBatchSelection", "accept_micro_batch", "loss_coefficients", "subset_ids"]
 
 
 @dataclass(eq=False)
@@ -105,7 +105,7 @@ def _failures(
     return ~hess_ok, ~fish_ok
 
 
-def select_tokens(
+def accept_micro_batch(
     hidden: torch.Tensor,
     completion_ids: torch.Tensor,
     valid: torch.Tensor,

@@ -49,7 +49,7 @@ from capo.hidden_capture import (
     output_layer,
 )
 from capo.kl_budget import StepKLControl
-from capo.masking import loss_coefficients, select_tokens
+from capo.masking import accept_micro_batch, loss_coefficients
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
 from capo.output_layer_check import check_output_layer_training
@@ -237,7 +237,7 @@ class CAPOTrainer(GRPOTrainer):
         adv = inputs["advantages"]
         adv = adv[:, None].expand(valid.shape) if adv.dim() == 1 else adv
         completion_ids = input_ids[:, -int(logits_to_keep) :]
-        sel = select_tokens(
+        sel = accept_micro_batch(
             hidden,
             completion_ids,
             valid,

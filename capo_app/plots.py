@@ -84,7 +84,7 @@ def _curve(
         ax.plot(xs, ys, color=color, linewidth=2.0, marker="o", markersize=3, label=label)
 
 
-def accuracy_reward(
+def accuracy_and_reward(
     history: Records, test_accuracy: Records, path: Path, title: str
 ) -> Path | None:
     """Train reward and held-out accuracy against the number of completions generated."""
@@ -294,7 +294,9 @@ def plot_log(
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = [
-        accuracy_reward(history, list(log.get("test_accuracy", [])), folder / accuracy_png, title),
+        accuracy_and_reward(
+            history, list(log.get("test_accuracy", [])), folder / accuracy_png, title
+        ),
         rejection_rate(history, folder / rejection_png, title),
         curvature(
             history, curvature_keys(history), folder / curvature_png, title, dict(thresholds)

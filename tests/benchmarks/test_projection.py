@@ -37,7 +37,7 @@ def test_counter_counts_allocations_views_and_frees_exactly() -> None:
 
 
 def test_counter_agrees_with_the_storages_select_tokens_returns() -> None:
-    """What select_tokens leaves alive, counted op by op, equals the bytes of the storages it returns."""
+    """What accept_micro_batch leaves alive, counted op by op, equals the bytes of the storages it returns."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(V, H, generator=g, dtype=torch.bfloat16)
     hidden = torch.randn(2, 30, H, generator=g).bfloat16()
@@ -45,7 +45,7 @@ def test_counter_agrees_with_the_storages_select_tokens_returns() -> None:
     valid = torch.rand(2, 30, generator=g) < 0.8
     adv = torch.randn(2, 30, generator=g)
     with OpCounter() as c, c.phase("select") as p:
-        sel = capo.masking.select_tokens(
+        sel = capo.masking.accept_micro_batch(
             hidden, ids, valid, adv, weight=weight, bias=None, support_size=K, temperature=0.9,
             step=capo.SGDStep(1e-3), thresholds=capo.Thresholds(), granularity="token",
         )  # fmt: skip
