@@ -112,8 +112,8 @@ def check_output_layer_training(model: nn.Module, args: Any = None) -> OutputLay
     if not info.weight_trainable:
         raise ValueError(
             "the output layer is frozen (its weight does not require grad), so CAPO's curvature "
-            "model (masking or shift tracking) would predict the shift of a head update that never "
-            "happens; " + hint
+            "model (masking, shift tracking or the last_layer KL model) would predict the shift of a "
+            "head update that never happens; " + hint
         )
     if info.tied:
         warnings.warn(

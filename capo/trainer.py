@@ -108,7 +108,8 @@ class CAPOTrainer(GRPOTrainer):
         self._capo_dtype = torch.float64 if head_dtype == torch.float64 else torch.float32
         if self._capo_capture:
             check_plain_output_layer(self.accelerator.unwrap_model(self.model))
-        if self._capo_active:  # frozen / adapter head: ValueError; tied embeddings: a warning
+        head_budget = args.capo_kl_budget is not None and args.capo_kl_model == "last_layer"
+        if self._capo_active or head_budget:  # frozen / adapter head: ValueError; tied: a warning
             check_output_layer_training(self.accelerator.unwrap_model(self.model), args)
         if self._capo_active and args.capo_support_size > self._capo_vocab:
             raise ValueError(

@@ -87,8 +87,17 @@ def test_output_layer_training_tells_the_setups_apart(make, trainable, adapters,
     )
 
 
-@pytest.mark.parametrize("capo", [dict(), dict(capo_enabled=False, capo_track_shifts=True)])
-def test_frozen_head_with_capo_raises_and_says_what_to_do(tmp_path, capo):
+@pytest.mark.parametrize(
+    "capo",
+    [
+        dict(),
+        dict(capo_enabled=False, capo_track_shifts=True),
+        dict(capo_enabled=False, capo_kl_budget=1e-3, capo_kl_model="last_layer"),
+    ],
+    ids=["masking", "tracking", "last_layer_budget"],
+)
+def test_frozen_head_with_a_head_model_raises_and_says_what_to_do(tmp_path, capo):
+    """Masking, shift tracking and the last_layer KL budget all predict a head step that never happens."""
     with pytest.raises(ValueError, match=r"output layer is frozen.*modules_to_save=\['lm_head'\]"):
         build(tmp_path, H.tiny_model(), LoraConfig(**LORA), **capo)
 
