@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from capo.masking import MicroBatchSelection
 from capo.metrics import SHIFT_STATS
 from capo.tokens import TokenBatch
 
@@ -51,6 +52,25 @@ class StepRecord:
         default_factory=list
     )
     head_before: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def add_selection(self, sel: MicroBatchSelection, applied: torch.Tensor) -> None:
+        """Count one micro-batch's acceptance test (no host sync) and keep its finite shifts.
+
+        Args:
+            sel: the micro-batch's :class:`~capo.masking.MicroBatchSelection`.
+            applied: [N] bool, the tokens whose gradient the step applies.
+        """
+        finite = sel.shifts.token_finite
+        self.counts["valid"] += float(finite.numel())
+        all_rejected = (
+            ~sel.keep_flat.any() if finite.numel() else torch.zeros_like(finite[:1].any())
+        )
+        parts = (applied, ~sel.keep_flat, sel.fail_hessian, sel.fail_fisher, ~finite, all_rejected)
+        micro = torch.stack([x.sum().double() for x in parts])  # in DEVICE_COUNTS order
+        self.device_counts = micro if self.device_counts is None else self.device_counts + micro
+        ok = sel.shifts.valid
+        self.m_h.append(sel.shifts.m_H[ok].float())
+        self.m_f.append(sel.shifts.m_F[ok].float())
 
 
 def shift_stats(name: str, values: torch.Tensor) -> dict[str, float]:

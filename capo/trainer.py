@@ -73,6 +73,26 @@ class _StepEnd(TrainerCallback):
         self.trainer._capo_step_end()
 
 
+def _record_micro_batch(
+    record: list[dict[str, torch.Tensor]],
+    inputs: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    lr: float,
+    valid: torch.Tensor,
+    keep: torch.Tensor,
+) -> None:
+    """Append one micro-batch's inputs and masks to ``CAPOTrainer.capo_record`` (tests and debugging)."""
+    record.append(
+        {
+            "completion_index": inputs["capo_completion_index"].detach().cpu(),
+            **{name: t.detach().cpu() for name, t in tensors.items()},
+            "lr": torch.tensor(lr),
+            "valid": valid.cpu(),
+            "keep": keep.cpu(),
+        }
+    )
+
+
 class CAPOTrainer(GRPOTrainer):
     """GRPOTrainer with curvature-aware masking; configure with :class:`capo.CAPOConfig`.
 
@@ -253,29 +273,8 @@ class CAPOTrainer(GRPOTrainer):
             group_ids=inputs.get("capo_group_ids"),
             chunk_size=args.capo_chunk_size,
         )
-        finite = sel.shifts.token_finite
-        applied_flat = sel.keep_flat if args.capo_enabled else finite
-        acc.counts["valid"] += float(finite.numel())
-        all_rejected = (
-            ~sel.keep_flat.any() if finite.numel() else torch.zeros_like(finite[:1].any())
-        )
-        micro = torch.stack(
-            [
-                x.sum().double()
-                for x in (
-                    applied_flat,
-                    ~sel.keep_flat,
-                    sel.fail_hessian,
-                    sel.fail_fisher,
-                    ~finite,
-                    all_rejected,
-                )
-            ]
-        )  # in DEVICE_COUNTS order; no host sync per micro-batch
-        acc.device_counts = micro if acc.device_counts is None else acc.device_counts + micro
-        ok = sel.shifts.valid
-        acc.m_h.append(sel.shifts.m_H[ok].float())
-        acc.m_f.append(sel.shifts.m_F[ok].float())
+        applied_flat = sel.keep_flat if args.capo_enabled else sel.shifts.token_finite
+        acc.add_selection(sel, applied_flat)
         part = last_layer_gradient(
             sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
         )  # summed into one running part: O(U·H) memory whatever the number of micro-batches
@@ -286,17 +285,8 @@ class CAPOTrainer(GRPOTrainer):
         if args.capo_global_shift:
             acc.accepted.append(sel.batch.select_tokens(applied_flat))
         if self.capo_record is not None:
-            self.capo_record.append(
-                {
-                    "completion_index": inputs["capo_completion_index"].detach().cpu(),
-                    "input_ids": input_ids.detach().cpu(),
-                    "attention_mask": attention_mask.detach().cpu(),
-                    "advantages": adv.detach().cpu(),
-                    "lr": torch.tensor(lr),
-                    "valid": valid.cpu(),
-                    "keep": sel.keep.cpu(),
-                }
-            )
+            tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "advantages": adv}
+            _record_micro_batch(self.capo_record, inputs, tensors, lr, valid, sel.keep)
         return (sel.keep if args.capo_enabled else None), valid
 
     # ------------------------------------------------------------------------- step boundary
