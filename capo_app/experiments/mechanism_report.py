@@ -18,7 +18,7 @@ __all__ = ["PREVIOUS", "PRIMARY", "summarize", "write_report"]
 PRIMARY = ("toy", "head", "full")
 """The regimes with a verdict in ``results.json``; any other regime is reported as supplementary."""
 
-PREVIOUS = """Headline numbers of the previous small-scale study (`docs/stability`, now retired), for comparison:
+PREVIOUS = """Headline numbers of the previous small-scale stability study (retired with this one), for comparison:
 tiny LLM, 30 steps, aggressive lr 3e-4 (16 completions/step), 5 seeds: held-out accuracy base 0.432 ->
 GRPO (A) 0.190 ± 0.013, CAPO (A) with swept thresholds 0.200 ± 0.020, ReinCAPO (A) 0.228 ± 0.014,
 conservative GRPO (lr 6e-5, 192 completions/step) 0.468 ± 0.020; the measured true KL per step was 2,600x
