@@ -49,7 +49,7 @@ class CompactProgressCallback(ProgressCallback):
             value = logs.get(key)
             if isinstance(value, int | float) and math.isfinite(value):
                 postfix[label] = f"{value:.3g}"
-        self.training_bar.set_postfix(postfix, refresh=False)
+        self.training_bar.set_postfix(postfix, refresh=True)
 
 
 class AccuracyTracker:
