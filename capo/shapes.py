@@ -20,4 +20,3 @@ C      a chunk of tokens processed at once (C <= N)
 In ``reference/`` and ``toy_mdps/`` the paper's letters are used for the exact tabular objects:
 K actions (= V), d features (= H), and the state index s.
 """
-
