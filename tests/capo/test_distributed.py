@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.capo import _distributed_worker as W
@@ -38,6 +39,7 @@ def masks(records_by_rank):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [

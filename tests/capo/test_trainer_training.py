@@ -74,6 +74,7 @@ def test_gradient_accumulation_split_gives_the_same_step(tmp_path):
         assert float((x - y).abs().max()) <= 1e-6 * float(x.abs().max())
 
 
+@pytest.mark.slow
 def test_resume_reproduces_masks_and_losses(tmp_path):
     common = dict(optim="sgd", max_steps=3, save_strategy="steps", save_steps=2)
     full = H.trainer(str(tmp_path / "full"), **common, **MIXED)
@@ -111,6 +112,7 @@ def test_resume_reproduces_masks_and_losses(tmp_path):
     assert abs(c["capo/global_m_F"] - a["capo/global_m_F"]) > 1e-6 * abs(a["capo/global_m_F"])
 
 
+@pytest.mark.slow
 def test_disabled_capo_equals_plain_grpo_trainer(tmp_path):
     grpo_args = GRPOConfig(
         output_dir=str(tmp_path / "grpo"),
