@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from tests.capo import _trainer_helpers as H
-
-
-def _config(tied: bool) -> Qwen2Config:
-    tok = H.tokenizer()
-    return Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
 
 
 def tied_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
     """float64, default initialisation (std 0.02), ``lm_head.weight is model.embed_tokens.weight``."""
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(_config(tied=True)).to(torch.float64)
+    model = Qwen2ForCausalLM(H.tiny_config(tied=True)).to(torch.float64)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     return model
 
 
 def untied_twin(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
     """The same function as the tied ``model``, with the output matrix a separate copy."""
-    twin = Qwen2ForCausalLM(_config(tied=False)).to(torch.float64)
+    twin = Qwen2ForCausalLM(H.tiny_config(tied=False)).to(torch.float64)
     twin.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         twin.lm_head.weight.copy_(model.model.embed_tokens.weight)

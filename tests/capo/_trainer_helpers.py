@@ -27,9 +27,10 @@ def tokenizer() -> Any:
     return build_tiny_tokenizer(model_max_length=128)
 
 
-def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> Qwen2ForCausalLM:
+def tiny_config(tied: bool = False) -> Qwen2Config:
+    """The tests' 2-layer Qwen2 (hidden 32) over the tiny tokenizer; ``tied`` ties input and output embeddings."""
     tok = tokenizer()
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(tok),
         hidden_size=32,
         intermediate_size=64,
@@ -37,13 +38,16 @@ def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> Qwen2ForCau
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
     )
+
+
+def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(dtype)
+    model = Qwen2ForCausalLM(tiny_config()).to(dtype)
     with torch.no_grad():  # larger output weights: sharper policies, shifts of a testable size
         model.lm_head.weight.mul_(20.0)
     return model
