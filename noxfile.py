@@ -35,8 +35,8 @@ def install_project(session: nox.Session, extras: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole pytest suite (CPU, float64 exact checks, tiny models)."""
-    install_project(session, "train,dev")
+    """The whole pytest suite (CPU, float64 exact checks, tiny models, DeepSpeed ZeRO-2/3 on 2 CPU processes)."""
+    install_project(session, "train,dev,deepspeed")
     session.run("pytest", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
 
 
