@@ -297,7 +297,8 @@ class StepKLControl(TrainerCallback):
         tr = self.trainer
         acc = tr._capo_acc
         model = tr.accelerator.unwrap_model(tr.model)
-        sums = torch.zeros(2, dtype=torch.float64)
+        dev = tr.accelerator.device
+        sums = torch.zeros(2, dtype=torch.float64, device=dev)
         if acc.head_before is not None and self.kl_model == "lookahead":
             with parameters_moved(prospective_params(tr.optimizer, scale)):
                 kl = step_kl_sums(
@@ -308,10 +309,11 @@ class StepKLControl(TrainerCallback):
                     tr.accelerator.autocast,
                     head_only=False,
                 )
-            sums = kl[[0, 2]].cpu()
+            sums = kl[[0, 2]].to(dev)
         elif acc.head_before is not None:  # last_layer: exactly quadratic in the scale
-            sums = self._last_layer_sums(model, acc) * torch.tensor([scale**2, 1.0])
-        total, n = tr._capo_reduce(sums.to(tr.accelerator.device)).tolist()
+            sums = self._last_layer_sums(model, acc).to(dev)
+            sums[0] *= scale**2
+        total, n = tr._capo_reduce(sums).tolist()  # the one host sync of the prediction
         return total, n
 
     def _last_layer_sums(self, model: Any, acc: Any) -> torch.Tensor:
@@ -322,4 +324,4 @@ class StepKLControl(TrainerCallback):
         head_step = (steps[0], steps[1] if len(steps) > 1 else None)
         k = self.trainer.args.capo_support_size
         tau = self.trainer.temperature
-        return last_layer_kl_sums(acc.kl_inputs, acc.head_before, head_step, k, tau).cpu()
+        return last_layer_kl_sums(acc.kl_inputs, acc.head_before, head_step, k, tau)
