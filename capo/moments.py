@@ -71,6 +71,11 @@ class SparseAdamMoments:
         self.eps = float(eps)
         self.dtype = dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._rounding = (  # the stochastic rounding of bf16 storage: the same stream on every rank
+            torch.Generator(device=self.device).manual_seed(self.vocab_size * 31 + self.hidden_size)
+            if dtype == torch.bfloat16
+            else None
+        )
         self.t = 0
         self._reset(capacity=0)
 
@@ -216,17 +221,8 @@ class SparseAdamMoments:
         if self.dtype != torch.bfloat16:
             return x.to(self.dtype)
         bits = x.float().view(torch.int32)
-        noise = torch.randint_like(bits, 0, 1 << 16, generator=self._rounding_rng())
+        noise = torch.randint_like(bits, 0, 1 << 16, generator=self._rounding)
         return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
-
-    def _rounding_rng(self) -> torch.Generator:
-        rng = getattr(self, "_rng", None)
-        if rng is None or rng.device != self.device:
-            rng = torch.Generator(device=self.device).manual_seed(
-                self.vocab_size * 31 + self.hidden_size
-            )
-            self._rng = rng
-        return rng
 
     def _grow(self, needed: int) -> None:
         cap = self._m.shape[0]
