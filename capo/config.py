@@ -26,6 +26,7 @@ from trl import GRPOConfig
 __all__ = [
     "CAPO_GRANULARITIES",
     "CAPO_KL_MODELS",
+    "CAPO_KL_MODES",
     "CAPO_STEP_MODELS",
     "CAPO_VARIANTS",
     "CAPOConfig",
@@ -45,6 +46,8 @@ CAPO_STEP_MODELS = ("adam", "sgd")
 """Step models of the last-layer optimizer (paper §4.1, App. I ablation)."""
 
 CAPO_KL_MODELS = ("last_layer", "lookahead")
+CAPO_KL_MODES = ("cap", "target")
+"""How the KL budget scales a step: ``cap`` (only down, the default) or ``target`` (up and down)."""
 """How the KL budget predicts the KL of the step actually taken (an extension beyond the paper)."""
 
 _TRL_DEFAULT_LOSS_TYPE = "dapo"
@@ -187,6 +190,21 @@ class CAPOConfig(GRPOConfig):
             "'last_layer' (½ vᵀFv of the output layer's step over the top-k support, no extra forward)."
         },
     )
+    capo_kl_mode: str = field(
+        default="cap",
+        metadata={
+            "help": "Extension beyond the paper, with capo_kl_budget: 'cap' (default) scales a step only "
+            "down, s = min(1, sqrt(δ / KL)); 'target' (δ-driven steps, TRPO-style) scales it up as well as "
+            "down, s = min(capo_kl_max_scale, sqrt(δ / KL)), so that every step moves the policy by about δ."
+        },
+    )
+    capo_kl_max_scale: float = field(
+        default=10.0,
+        metadata={
+            "help": "With capo_kl_mode='target': s_max, the largest factor on the scheduled learning rate "
+            "(a finite number >= 1; it bounds the step where the predicted KL is ~0)."
+        },
+    )
     capo_kl_backtrack: bool = field(
         default=False,
         metadata={
@@ -291,5 +309,15 @@ class CAPOConfig(GRPOConfig):
                     f"capo_kl_budget must be a finite number > 0 or None, got {budget}"
                 )
             self.capo_kl_budget = budget
+        if self.capo_kl_mode not in CAPO_KL_MODES:
+            raise ValueError(
+                f"capo_kl_mode must be one of {list(CAPO_KL_MODES)}, got {self.capo_kl_mode!r}"
+            )
+        if self.capo_kl_mode == "target" and self.capo_kl_budget is None:
+            raise ValueError("capo_kl_mode='target' needs capo_kl_budget (δ)")
+        s_max = float(self.capo_kl_max_scale)
+        if not 1.0 <= s_max < float("inf"):
+            raise ValueError(f"capo_kl_max_scale must be a finite number >= 1, got {s_max}")
+        self.capo_kl_max_scale = s_max
         if self.capo_kl_backtrack and self.capo_kl_model != "lookahead":
             raise ValueError("capo_kl_backtrack needs capo_kl_model='lookahead'")

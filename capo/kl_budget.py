@@ -206,11 +206,14 @@ def last_layer_kl_sums(
     return total
 
 
-def budget_scale(kl: float, budget: float) -> float:
-    """The lr factor s = min(1, sqrt(δ / KL̂)), so that s²·KL̂ <= δ; 0 (no step) for a non-finite KL̂."""
+def budget_scale(kl: float, budget: float, s_max: float = 1.0) -> float:
+    """The lr factor s = min(s_max, sqrt(δ / KL̂)), so that s²·KL̂ <= δ; 0 (no step) for a non-finite KL̂.
+
+    ``s_max = 1`` is the cap (the step only shrinks); ``s_max > 1`` the target mode (δ-driven steps).
+    """
     if not math.isfinite(kl):
         return 0.0
-    return 1.0 if kl <= budget else math.sqrt(budget / kl)
+    return s_max if kl * s_max**2 <= budget else math.sqrt(budget / kl)
 
 
 def unsupported_reason(trainer: Any) -> str | None:
@@ -252,6 +255,8 @@ class StepKLControl(TrainerCallback):
         self.trainer = trainer
         self.budget: float | None = trainer.args.capo_kl_budget
         self.kl_model: str = trainer.args.capo_kl_model
+        target = getattr(trainer.args, "capo_kl_mode", "cap") == "target"
+        self.s_max: float = float(trainer.args.capo_kl_max_scale) if target else 1.0
         self.enabled = True
         reason = unsupported_reason(trainer)
         if reason is not None and self.budget is not None:
@@ -268,8 +273,8 @@ class StepKLControl(TrainerCallback):
             return
         total, n = self.predict_sums(1.0)
         kl = total / n if n > 0 else float("nan")
-        scale = 1.0 if self.budget is None or n == 0 else budget_scale(kl, self.budget)
-        if self.budget is not None and self.trainer.args.capo_kl_backtrack and 0.0 < scale < 1.0:
+        scale = 1.0 if self.budget is None or n == 0 else budget_scale(kl, self.budget, self.s_max)
+        if self.budget is not None and self.trainer.args.capo_kl_backtrack and scale not in (0, 1):
             total, n = self.predict_sums(scale)
             scale *= budget_scale(total / n, self.budget)
         self._metrics = {metrics.KL_PREDICTED: kl, metrics.KL_SCALE: scale}
