@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from capo import metrics
+from capo_app.evaluation.sampled import eval_seed, sampled_accuracy
 from capo_app.tiny import accuracy
 
 
@@ -53,7 +54,12 @@ class CompactProgressCallback(ProgressCallback):
 
 
 class AccuracyTracker:
-    """Greedy held-out accuracy at given steps (main process only); records ``{step, completions, accuracy}``."""
+    """Held-out accuracy at given steps (main process only); records ``{step, completions, accuracy}``.
+
+    ``accuracy`` is greedy; with ``samples`` k > 0 a point also has ``sampled`` (mean over k samples per
+    problem at ``temperature``), ``sampled_se`` (its Monte Carlo SE), ``k`` and ``temperature``, each
+    evaluation from its own RNG stream (:func:`capo_app.evaluation.sampled.eval_seed` of ``seed``).
+    """
 
     def __init__(
         self,
@@ -61,11 +67,15 @@ class AccuracyTracker:
         tokenizer: PreTrainedTokenizerBase,
         max_new_tokens: int,
         completions_per_step: int,
+        samples: int = 0,
+        temperature: float = 1.0,
+        seed: int = 0,
     ) -> None:
         self.test = test
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.completions_per_step = completions_per_step
+        self.samples, self.temperature, self.seed = samples, temperature, seed
         self.points: list[dict[str, Any]] = []
 
     def measure(self, model: Any, step: int, completions: int | None = None) -> float | None:
@@ -78,7 +88,16 @@ class AccuracyTracker:
         if self.points and self.points[-1]["step"] == step:
             self.points.pop()
         done = completions if completions is not None else step * self.completions_per_step
-        self.points.append({"step": step, "completions": done, "accuracy": value})
+        point: dict[str, Any] = {"step": step, "completions": done, "accuracy": value}
+        if self.samples > 0 and self.temperature > 0:
+            score = sampled_accuracy(
+                model, self.tokenizer, list(self.test["prompt"]), [str(a) for a in self.test["answer"]],
+                temperature=self.temperature, k=self.samples, max_new_tokens=self.max_new_tokens,
+                seed=eval_seed(self.seed, step), greedy=False,
+            )  # fmt: skip
+            point.update(sampled=score.sampled, sampled_se=score.sampled_se, k=self.samples)
+            point["temperature"] = self.temperature
+        self.points.append(point)
         return value
 
 

@@ -98,6 +98,7 @@ class ScriptArguments:
         eval_accuracy: Measure held-out accuracy before and after training.
         eval_every: Also measure it every this many optimizer steps (0: never).
         eval_max_new_tokens: Completion length of the evaluation.
+        eval_samples: k, samples per held-out problem of the sampled accuracy (0: greedy only).
         expected_num_processes: Processes (GPUs) the recipe is written for.
         completions_per_step: The completions per optimizer step the recipe declares.
         plots: Write PNG plots.
@@ -182,6 +183,14 @@ class ScriptArguments:
     eval_max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "Evaluation completion length (default: max_completion_length)."},
+    )
+    eval_samples: int = field(
+        default=8,
+        metadata={
+            "help": "k: the held-out sampled accuracy (the primary score) is the mean over k samples per "
+            "problem at the training temperature, with its Monte Carlo SE; greedy is measured beside it "
+            "(0: greedy only)."
+        },
     )
     expected_num_processes: int = field(
         default=1,

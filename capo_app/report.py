@@ -160,6 +160,7 @@ def summarize(
         "completions": completions,
         "test_accuracy_before": accuracies[0]["accuracy"] if accuracies else None,
         "test_accuracy_after": accuracies[-1]["accuracy"] if len(accuracies) > 1 else None,
+        **_sampled(test_accuracy),
         "train_reward_first": reward_first,
         "train_reward_last": reward_last,
         "rejection_rate_peak": max(rejection) if rejection else None,
@@ -173,11 +174,26 @@ def summarize(
     }
 
 
+def _sampled(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``test_sampled_before`` / ``_after``: "mean ± SE (T, k)" of the sampled accuracy, None if not measured."""
+    sampled = [p for p in points if _finite(p.get("sampled")) is not None]
+
+    def text(p: Mapping[str, Any]) -> str:
+        return f"{p['sampled']:.1%} ± {p['sampled_se']:.1%} (T {p['temperature']:g}, k {p['k']})"
+
+    return {
+        "test_sampled_before": text(sampled[0]) if sampled else None,
+        "test_sampled_after": text(sampled[-1]) if len(sampled) > 1 else None,
+    }
+
+
 _ROWS = (
     ("method", "method", "{}"),
     ("optimizer steps", "steps", "{}"),
     ("resumed at", "resumed_from", "{}"),
     ("completions", "completions", "{:,}"),
+    ("test accuracy, sampled before", "test_sampled_before", "{}"),
+    ("test accuracy, sampled after", "test_sampled_after", "{}"),
     ("test accuracy before", "test_accuracy_before", "{:.1%}"),
     ("test accuracy after", "test_accuracy_after", "{:.1%}"),
     ("train reward first step", "train_reward_first", "{:.3f}"),

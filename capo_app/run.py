@@ -33,6 +33,7 @@ from capo_app.data import (
     make_arithmetic_dataset,
     save_prompt_format,
 )
+from capo_app.data.synthetic import HELD_OUT_SEED
 from capo_app.evaluation.generation import render_prompts
 from capo_app.recipe import (
     EMBEDDED_TINY,
@@ -145,7 +146,7 @@ def load_test_set(
     count, source = script_args.num_test_problems, script_args.dataset_test_split
     if script_args.dataset_name == SYNTHETIC:
         task = PRESETS[script_args.synthetic_task]
-        return make_arithmetic_dataset(count, "test", task, config.seed, fmt)
+        return make_arithmetic_dataset(count, "test", task, HELD_OUT_SEED, fmt)
     if Path(source).is_file():
         return load_math_dataset(source, "test", limit=count, prompt_format=fmt)
     reason = None
@@ -276,7 +277,10 @@ def train(
     trainer = _build_trainer(config, model, tokenizer, rewards, train_set)
     per_step = completions_per_step(config, trainer.accelerator.num_processes)
     max_new = script_args.eval_max_new_tokens or int(config.max_completion_length or 256)
-    tracker = AccuracyTracker(test_set, tokenizer, max_new, per_step)
+    tracker = AccuracyTracker(
+        test_set, tokenizer, max_new, per_step, script_args.eval_samples,
+        float(config.temperature), config.seed,
+    )  # fmt: skip
     if script_args.eval_every > 0:
         trainer.add_callback(AccuracyCallback(tracker, script_args.eval_every, trainer))
     recorder = RunRecorder(resume, start, per_step, lambda: tracker.points)

@@ -82,6 +82,9 @@ class ArithmeticTask:
 EASY = ArithmeticTask()
 MEDIUM = ArithmeticTask(min_operands=3, max_operands=4, operand_high=20, operations="+-*")
 HARD = ArithmeticTask(min_operands=4, max_operands=6, operand_high=99, operations="+-*")
+HELD_OUT_SEED = 0
+"""The held-out split's seed in ``capo train`` and the race: one fixed set of problems for every training seed."""
+
 PRESETS: dict[str, ArithmeticTask] = {"easy": EASY, "medium": MEDIUM, "hard": HARD}
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from capo import metrics
+from capo_app.data.synthetic import HELD_OUT_SEED
 
 __all__ = ["RaceArm", "RaceSetup", "random_reject", "run_race"]
 
-TEST_SEED = 0
+TEST_SEED = HELD_OUT_SEED
 """The held-out set's seed: one fixed set of problems for every training seed and arm."""
 RANDOM_STREAM = 0xA11D
 """The spawn key of a random arm's mask generator (independent of sampling and of evaluation)."""
