@@ -59,7 +59,7 @@ def generate_hf(
         temperature: 0 for greedy decoding, else the sampling temperature.
         top_p: Nucleus sampling mass.
         batch_size: Prompts per ``generate`` call.
-        seed: Torch seed set before sampling.
+        seed: Torch seed of the sampling stream (the global RNG state is restored afterwards).
         progress: Show a tqdm progress bar.
         description: Progress bar label.
 
@@ -79,15 +79,19 @@ def generate_hf(
     was_training, old_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
     outputs: list[list[str]] = []
-    try:
-        batches = range(0, len(texts), batch_size)
-        for start in tqdm(batches, desc=description, disable=not progress, leave=False):
-            decoded = _generate_batch(
-                model, tokenizer, texts[start : start + batch_size], plain, sampling
-            )
-            outputs.extend(decoded[i : i + n_samples] for i in range(0, len(decoded), n_samples))
+    try:  # sampling draws from its own stream: the caller's (training's) RNG state is left untouched
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            batches = range(0, len(texts), batch_size)
+            for start in tqdm(batches, desc=description, disable=not progress, leave=False):
+                decoded = _generate_batch(
+                    model, tokenizer, texts[start : start + batch_size], plain, sampling
+                )
+                outputs.extend(
+                    decoded[i : i + n_samples] for i in range(0, len(decoded), n_samples)
+                )
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)

@@ -6,7 +6,7 @@ held-out problem at the training temperature, their mean over problems, with its
 
 Generation draws from its own torch RNG stream, seeded from (run seed, evaluation index) and independent of
 training's: the global torch RNG is forked around it, so evaluating does not perturb training, and two
-seeds never share an evaluation stream.
+seeds never share an evaluation stream (:func:`capo_app.evaluation.generation.generate_hf` forks the RNG).
 """
 
 from __future__ import annotations
@@ -108,8 +108,6 @@ def sampled_accuracy(
     Returns:
         The :class:`SampledScore`.
     """
-    import torch
-
     from capo_app.evaluation.generation import generate_hf
 
     if temperature <= 0 or k < 1:
@@ -121,11 +119,10 @@ def sampled_accuracy(
 
         score = score_answer
     options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": False}
-    with torch.random.fork_rng(devices=[]):
-        samples = generate_hf(
-            model, tokenizer, prompts, n_samples=k, temperature=temperature, seed=seed, **options
-        )
-        best = generate_hf(model, tokenizer, prompts, seed=seed, **options) if greedy else None
+    samples = generate_hf(  # its own RNG stream: training's state is left untouched
+        model, tokenizer, prompts, n_samples=k, temperature=temperature, seed=seed, **options
+    )
+    best = generate_hf(model, tokenizer, prompts, seed=seed, **options) if greedy else None
     rows, hits = [], []
     for i, gold in enumerate(answers):
         marks = [score(text, str(gold)) for text in samples[i]]

@@ -134,3 +134,24 @@ def test_eval_cli_on_local_files_writes_per_benchmark_pass_at_1_and_records(tmp_
         report["settings"]["prompt_format"]["template"] == "{question}"
     )  # tiny-model frame auto-detected
     assert "pass@1" in capsys.readouterr().out
+
+
+def test_sampling_leaves_the_callers_rng_untouched_and_is_reproducible_per_seed():
+    """Evaluating mid-training must not reseed training's RNG; one evaluation seed, one sample stream."""
+    import torch
+
+    from capo_app.evaluation.sampled import sampled_accuracy
+
+    folder = warm_tiny_dir()
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    test = make_arithmetic_dataset(6, "test")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    runs = [
+        sampled_accuracy(model, tok, test["prompt"], test["answer"], temperature=1.0, k=4,
+                         max_new_tokens=16, seed=seed, score=lambda text, gold: float(len(text) % 2))
+        for seed in (1, 2, 1)
+    ]  # fmt: skip
+    assert torch.equal(torch.rand(3), expected)
+    assert runs[0] == runs[2] and runs[0].k == 4 and runs[0].greedy is not None
