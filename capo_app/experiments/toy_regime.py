@@ -110,6 +110,7 @@ class _State:
     adam: DenseAdamState
     moments: capo.SparseAdamMoments
     rng: np.random.Generator
+    mask_rng: np.random.Generator
     log: dict[str, list[Any]] = field(default_factory=dict)
 
     def add(self, **values: Any) -> None:
@@ -127,8 +128,10 @@ def _keep(arm: Arm, shifts: Any, batch: tuple[Any, Any, Any], rate: float, st: _
     if arm.masking == "capo":
         assert arm.thresholds is not None, "percentile thresholds are resolved before the run"
         return capo.select(shifts, arm.thresholds).numpy()
-    if arm.masking == "random":
-        return random_keep(valid, rate, st.rng)
+    if arm.masking == "random":  # CAPO's count, only among tokens CAPO could reject (A != 0)
+        movable = valid & (adv != 0)
+        share = rate * valid.sum() / max(int(movable.sum()), 1)
+        return random_keep(movable, min(share, 1.0), st.mask_rng) | (valid & (adv == 0))
     if arm.masking == "group":
         assert arm.group is not None
         return group_keep(valid, adv, pi_a, arm.group)
@@ -237,6 +240,7 @@ def run_toy(
         DenseAdamState(K, tree.dim, setup.betas, setup.eps),
         capo.SparseAdamMoments(K, tree.dim, betas=setup.betas, eps=setup.eps),
         np.random.default_rng([seed, 3]),
+        np.random.default_rng([seed, 4]),  # the random mask's own stream: sampling stays the CAPO arm's
     )
     probs = tree.probs(W)
     J, d = tree.evaluate(probs)

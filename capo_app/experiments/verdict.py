@@ -12,7 +12,8 @@ the paper's method is specified with Adam):
 - C2 (the selection matters): that arm's final score beats its random-mask control (same per-step rejection
   rate, same seeds) by at least 2 paired SE.
 - C3 (sample efficiency): its seed-mean score curve reaches the target — the best seed-mean final score of the
-  lower-lr GRPO (A) arms — with fewer completions than that lower-lr arm does.
+  lower-lr GRPO (A) arms, which must lie above the base score — with fewer completions than that lower-lr arm
+  does.
 
 Verdict: ``confirms`` if V1, V2 and one arm meets C1, C2 and C3; ``refutes`` if V1 holds and no ``capo`` arm
 meets C1 and C2; ``inconclusive`` otherwise (no crash to prevent, or damage control without a measurable
@@ -131,7 +132,8 @@ def judge(
         reach = _reach(res.runs[arm["name"]], target) if ref else None
         ref_reach = _reach(res.runs[ref["name"]], target) if ref else None
         c["completions_to_target"], c["lower_lr_completions"] = reach, ref_reach
-        c["C3"] = bool(reach is not None and (ref_reach is None or reach < ref_reach))
+        above = ref is not None and target > ref["base"]  # an arm that never moves cannot "reach" it
+        c["C3"] = bool(above and reach is not None and (ref_reach is None or reach < ref_reach))
         checks.append(c)
     if v1 and v2 and any(c["C1"] and c["C2"] and c["C3"] for c in checks):
         verdict, why = "confirms", "an arm met C1, C2 and C3 where GRPO (A) crashed"
