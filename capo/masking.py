@@ -44,6 +44,8 @@ class MicroBatchSelection:
         subsets: [N] int64 subset id of each valid token, or None at token level.
         fail_hessian: [N] bool, the token's subset failed the m_H band (or had no finite shift).
         fail_fisher: [N] bool, the token's subset failed m_F < fisher_max (or had no finite shift).
+        sampled_logprob: [N] log π(a) of each valid token over the full vocabulary at the temperature
+            (from the support's logsumexp: no second softmax).
     """
 
     valid: torch.Tensor
@@ -53,11 +55,20 @@ class MicroBatchSelection:
     subsets: torch.Tensor | None
     fail_hessian: torch.Tensor
     fail_fisher: torch.Tensor
+    sampled_logprob: torch.Tensor
 
     @property
     def keep_flat(self) -> torch.Tensor:
         """[N] bool: ``keep`` at the valid tokens."""
         return self.keep[self.valid]
+
+    def sampled_prob(self) -> torch.Tensor:
+        """[B, T] π(a) over the full vocabulary at the temperature at the valid tokens, 0 elsewhere."""
+        out = torch.zeros(
+            self.valid.shape, dtype=self.sampled_logprob.dtype, device=self.valid.device
+        )
+        out[self.valid] = self.sampled_logprob.exp()
+        return out
 
 
 def subset_ids(
@@ -157,7 +168,7 @@ def accept_micro_batch(
         shifts = directional_shifts(
             batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
         )
-    return _selection(valid, batch, shifts, subsets, thresholds)
+    return _selection(valid, batch, shifts, subsets, thresholds, sup.sampled_logprob)
 
 
 def _selection(
@@ -166,6 +177,7 @@ def _selection(
     shifts: Shifts,
     subsets: torch.Tensor | None,
     thresholds: Thresholds,
+    sampled_logprob: torch.Tensor,
 ) -> MicroBatchSelection:
     """Apply eq 11 to the subsets' shifts and map the verdicts back to the [B, K] tokens."""
     keep_subset = select(shifts, thresholds)
@@ -173,7 +185,7 @@ def _selection(
     keep = torch.zeros_like(valid)
     keep[valid] = keep_flat & shifts.token_finite
     fail_h, fail_f = _failures(shifts, thresholds, subsets)
-    return MicroBatchSelection(valid, keep, batch, shifts, subsets, fail_h, fail_f)
+    return MicroBatchSelection(valid, keep, batch, shifts, subsets, fail_h, fail_f, sampled_logprob)
 
 
 def loss_coefficients(

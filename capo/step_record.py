@@ -7,6 +7,7 @@ all-reduced in one call (host counts are tensor sizes, device counts are accumul
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -14,7 +15,14 @@ from capo.masking import MicroBatchSelection
 from capo.metrics import SHIFT_STATS
 from capo.tokens import TokenBatch
 
-__all__ = ["COUNTS", "DEVICE_COUNTS", "HOST_COUNTS", "StepRecord", "shift_stats"]
+__all__ = [
+    "COUNTS",
+    "DEVICE_COUNTS",
+    "HOST_COUNTS",
+    "StepRecord",
+    "record_micro_batch",
+    "shift_stats",
+]
 
 HOST_COUNTS = ("completions", "valid")
 """Counts known on the host without a device sync (tensor sizes)."""
@@ -53,19 +61,23 @@ class StepRecord:
     )
     head_before: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def add_selection(self, sel: MicroBatchSelection, applied: torch.Tensor) -> None:
+    def add_selection(
+        self, sel: MicroBatchSelection, applied: torch.Tensor, kept: torch.Tensor | None = None
+    ) -> None:
         """Count one micro-batch's acceptance test (no host sync) and keep its finite shifts.
 
         Args:
             sel: the micro-batch's :class:`~capo.masking.MicroBatchSelection`.
             applied: [N] bool, the tokens whose gradient the step applies.
+            kept: [N] bool, the tokens the mask keeps (the rejection counts are its complement; a
+                criterion's count is the rejected tokens failing it); None: CAPO's ``sel.keep_flat``.
         """
         finite = sel.shifts.token_finite
+        kept = sel.keep_flat if kept is None else kept
         self.counts["valid"] += float(finite.numel())
-        all_rejected = (
-            ~sel.keep_flat.any() if finite.numel() else torch.zeros_like(finite[:1].any())
-        )
-        parts = (applied, ~sel.keep_flat, sel.fail_hessian, sel.fail_fisher, ~finite, all_rejected)
+        all_rejected = ~kept.any() if finite.numel() else torch.zeros_like(finite[:1].any())
+        fail_h, fail_f = sel.fail_hessian & ~kept, sel.fail_fisher & ~kept
+        parts = (applied, ~kept, fail_h, fail_f, ~finite, all_rejected)
         micro = torch.stack([x.sum().double() for x in parts])  # in DEVICE_COUNTS order
         self.device_counts = micro if self.device_counts is None else self.device_counts + micro
         ok = sel.shifts.valid
@@ -81,3 +93,23 @@ def shift_stats(name: str, values: torch.Tensor) -> dict[str, float]:
     q = torch.quantile(v, torch.tensor([0.5, 0.99], dtype=torch.float64, device=v.device))
     stats = {"mean": v.mean(), "p50": q[0], "p99": q[1], "max": v.max()}
     return {f"{name}/{stat}": float(stats[stat]) for stat in SHIFT_STATS}
+
+
+def record_micro_batch(
+    record: list[dict[str, torch.Tensor]],
+    inputs: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    lr: float,
+    valid: torch.Tensor,
+    keep: torch.Tensor,
+) -> None:
+    """Append one micro-batch's inputs and masks to ``CAPOTrainer.capo_record`` (tests and debugging)."""
+    record.append(
+        {
+            "completion_index": inputs["capo_completion_index"].detach().cpu(),
+            **{name: t.detach().cpu() for name, t in tensors.items()},
+            "lr": torch.tensor(lr),
+            "valid": valid.cpu(),
+            "keep": keep.cpu(),
+        }
+    )

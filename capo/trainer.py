@@ -15,8 +15,7 @@ Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden metho
 - ``_generate_and_score_completions`` / ``_calculate_rewards``: add the global completion index and
   prompt-group id to the batch (kept in unison by TRL's shuffle and split), and, for
   ``capo_variant='reinforce'``, replace the advantages by the raw weighted reward.
-- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: write / read ``capo_moments.pt`` (the sparse
-  Adam moments) and ``capo_state.json`` in each checkpoint folder.
+- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: ``capo_moments.pt`` and ``capo_state.json``.
 - A ``TrainerCallback.on_step_end`` (runs on every rank right after ``optimizer.step``): the step
   boundary. It all-reduces the statistics and the accepted gradient of the step's micro-batches
   (:mod:`capo.moments_sync`), computes the global shifts, updates the moments once (t += 1), measures
@@ -49,13 +48,21 @@ from capo.hidden_capture import (
     output_layer,
 )
 from capo.kl_budget import StepKLControl
-from capo.masking import accept_micro_batch, loss_coefficients
+from capo.masking import MicroBatchSelection, accept_micro_batch, loss_coefficients
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
+from capo.optimizer_step import MicroBatch, applied_mask
 from capo.output_layer_check import check_output_layer_training
 from capo.selection import Thresholds
 from capo.sharding import gathered_output_layer, output_layer_shape
-from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
+from capo.step_record import (
+    COUNTS,
+    DEVICE_COUNTS,
+    HOST_COUNTS,
+    StepRecord,
+    record_micro_batch,
+    shift_stats,
+)
 from capo.steps import AdamStep, SGDStep, StepModel
 from capo.true_kl import step_kl_sums
 
@@ -73,26 +80,6 @@ class _StepEnd(TrainerCallback):
         self.trainer._capo_step_end()
 
 
-def _record_micro_batch(
-    record: list[dict[str, torch.Tensor]],
-    inputs: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    lr: float,
-    valid: torch.Tensor,
-    keep: torch.Tensor,
-) -> None:
-    """Append one micro-batch's inputs and masks to ``CAPOTrainer.capo_record`` (tests and debugging)."""
-    record.append(
-        {
-            "completion_index": inputs["capo_completion_index"].detach().cpu(),
-            **{name: t.detach().cpu() for name, t in tensors.items()},
-            "lr": torch.tensor(lr),
-            "valid": valid.cpu(),
-            "keep": keep.cpu(),
-        }
-    )
-
-
 class CAPOTrainer(GRPOTrainer):
     """GRPOTrainer with curvature-aware masking; configure with :class:`capo.CAPOConfig`.
 
@@ -100,7 +87,8 @@ class CAPOTrainer(GRPOTrainer):
     Attributes of interest: ``capo_moments`` (the tracked :class:`~capo.SparseAdamMoments`, None for
     the SGD step model or without CAPO), ``capo_completions_seen``, and ``capo_record`` (set it to a
     list to receive, per training micro-batch, the global completion indices, inputs, advantages, η and
-    the [B, K] valid and keep masks; for tests and debugging).
+    the [B, K] valid and keep masks; for tests and debugging). The public seam :meth:`token_mask`
+    lets a subclass apply its own token mask (docs/design.md §2, "The mask seam").
     """
 
     args: CAPOConfig
@@ -273,8 +261,13 @@ class CAPOTrainer(GRPOTrainer):
             group_ids=inputs.get("capo_group_ids"),
             chunk_size=args.capo_chunk_size,
         )
-        applied_flat = sel.keep_flat if args.capo_enabled else sel.shifts.token_finite
-        acc.add_selection(sel, applied_flat)
+        micro_batch = MicroBatch(
+            completion_ids, valid, inputs["advantages"], inputs.get("capo_group_ids"),
+            inputs.get("capo_completion_index"), lr,
+        )  # fmt: skip
+        mask = self.token_mask(sel, micro_batch)
+        keep, applied_flat, kept_flat = applied_mask(sel, mask, args.capo_enabled)
+        acc.add_selection(sel, applied_flat, kept_flat)
         part = last_layer_gradient(
             sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
         )  # summed into one running part: O(U·H) memory whatever the number of micro-batches
@@ -286,8 +279,27 @@ class CAPOTrainer(GRPOTrainer):
             acc.accepted.append(sel.batch.select_tokens(applied_flat))
         if self.capo_record is not None:
             tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "advantages": adv}
-            _record_micro_batch(self.capo_record, inputs, tensors, lr, valid, sel.keep)
-        return (sel.keep if args.capo_enabled else None), valid
+            applied = sel.keep if keep is None else keep
+            record_micro_batch(self.capo_record, inputs, tensors, lr, valid, applied)
+        return keep, valid
+
+    def token_mask(
+        self, selection: MicroBatchSelection, micro_batch: MicroBatch
+    ) -> torch.Tensor | None:
+        """The seam: the [B, T] bool keep mask of one training micro-batch, or None for CAPO's own rule.
+
+        Called once per training micro-batch under no_grad, after the acceptance test and before the
+        gradient is accumulated, whenever the curvature model runs (``capo_enabled`` or
+        ``capo_track_shifts``); override it to apply another rule. ``selection``: the acceptance test's
+        :class:`~capo.masking.MicroBatchSelection` (valid and CAPO's keep masks, shifts, tokens with their
+        support; ``selection.sampled_prob()`` is each token's π(a), no new softmax). ``micro_batch``: the
+        :class:`~capo.optimizer_step.MicroBatch` of TRL inputs (advantages, masks, group ids, completion
+        index, η). A returned mask (within the valid tokens) is the mask applied: the loss coefficients,
+        the moments update's gradient rows, ``capo/global_m_*`` and the rejection metrics follow it, with
+        or without ``capo_enabled``. None: CAPO's keep mask; with ``capo_enabled=False`` no mask (every
+        finite token tracked, CAPO's would-be rejection logged).
+        """
+        return None
 
     # ------------------------------------------------------------------------- step boundary
     def _capo_reduce(self, t: torch.Tensor) -> torch.Tensor:
