@@ -196,6 +196,11 @@ class CAPOConfig(GRPOConfig):
     )
 
     @property
+    def capo_curvature_model(self) -> bool:
+        """Whether the curvature model runs on every training micro-batch (masking or shift tracking)."""
+        return self.capo_enabled or self.capo_track_shifts
+
+    @property
     def capo_predicts_step_kl(self) -> bool:
         """Whether the trainer predicts the KL of each step (a budget is set or the true KL is logged)."""
         return self.capo_kl_budget is not None or self.capo_log_true_kl

@@ -27,6 +27,7 @@ __all__ = [
     "causal_lm_of",
     "check_plain_output_layer",
     "completion_hidden",
+    "output_head",
     "output_layer",
 ]
 
@@ -54,6 +55,18 @@ def backbone_of(model: nn.Module) -> nn.Module:
     return backbone
 
 
+def output_head(model: nn.Module) -> Any:
+    """The output layer (``lm_head``) of a (PEFT-wrapped) causal LM: the one accessor of the project.
+
+    Raises:
+        ValueError: if the model has no output embeddings with a weight.
+    """
+    head: Any = causal_lm_of(model).get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError("CAPO needs a model with output embeddings (an lm_head with a weight)")
+    return head
+
+
 def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [V, H], bias [V] or None) of the output layer, detached.
 
@@ -61,9 +74,7 @@ def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         ValueError: if the model has no output embeddings or their weight is sharded away (ZeRO-3
             outside :func:`capo.sharding.gathered_output_layer`).
     """
-    head: Any = causal_lm_of(model).get_output_embeddings()
-    if head is None or getattr(head, "weight", None) is None:
-        raise ValueError("CAPO needs a model with output embeddings (an lm_head)")
+    head = output_head(model)
     weight = head.weight.detach()
     if weight.dim() != 2 or weight.numel() == 0:
         raise ValueError(
