@@ -7,8 +7,8 @@ sees ``last_hidden_state`` (after the final norm, i.e. exactly the input of the 
 policy is run once per micro-batch and CAPO still gets h.
 
 Off-by-one: ``last_hidden_state[:, p]`` produces the logits of the token at position p + 1. For the
-last K = ``logits_to_keep`` positions (the completion), the hidden states are
-``last_hidden_state[:, -K - 1 : -1]`` (:func:`completion_hidden`).
+last T = ``logits_to_keep`` positions (the completion), the hidden states are
+``last_hidden_state[:, -T - 1 : -1]`` (:func:`completion_hidden`).
 """
 
 from __future__ import annotations
@@ -132,10 +132,10 @@ def capture_hidden(model: nn.Module) -> Iterator[HiddenCapture]:
 
 
 def completion_hidden(hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-    """[B, K, H] hidden states that produced the logits of the last K tokens of [B, L, H] ``hidden``.
+    """[B, T, H] hidden states that produced the logits of the last T tokens of [B, L, H] ``hidden``.
 
-    The hidden state at position p predicts token p + 1, so completion token j (position L − K + j)
-    is predicted by position L − K − 1 + j.
+    The hidden state at position p predicts token p + 1, so completion token j (position L − T + j)
+    is predicted by position L − T − 1 + j.
     """
     k = int(logits_to_keep)
     if not 1 <= k < hidden.shape[1]:

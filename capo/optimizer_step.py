@@ -58,8 +58,8 @@ class MicroBatch:
         group_ids: [B] int64 prompt-group id of each completion, or None.
         completion_index: [B] int64 global index of each completion in the step's batch, or None.
         lr: η, the learning rate the scheduler gives the current optimizer step.
-        input_ids: [B, P + T] prompt and completion ids of the policy forward (None outside the trainer).
-        attention_mask: [B, P + T] its attention mask (None outside the trainer).
+        input_ids: [B, L] prompt and completion ids of the policy forward (None outside the trainer).
+        attention_mask: [B, L] its attention mask (None outside the trainer).
     """
 
     completion_ids: torch.Tensor

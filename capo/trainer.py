@@ -54,7 +54,6 @@ from capo.masking import MicroBatchSelection, accept_micro_batch, loss_coefficie
 from capo.moments import SparseAdamMoments
 from capo.optimizer_step import CAPOStep, MicroBatch, applied_mask
 from capo.output_layer_check import check_output_layer_training
-from capo.selection import Thresholds
 from capo.sharding import gathered_output_layer, output_layer_shape
 from capo.steps import AdamStep, SGDStep, StepModel
 
@@ -127,7 +126,7 @@ class CAPOTrainer(GRPOTrainer):
             raise ValueError(f"args must be a CAPOConfig, got {type(args).__name__}")
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         active, unwrapped = args.capo_curvature_model, self.accelerator.unwrap_model(self.model)
-        self.capo_thresholds = Thresholds(args.hessian_low, args.hessian_high, args.fisher_max)
+        self.capo_thresholds = args.thresholds
         self.capo_moments: SparseAdamMoments | None = None
         self.capo_completions_seen = 0
         self.capo_record: list[dict[str, torch.Tensor]] | None = None

@@ -92,11 +92,7 @@ def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> di
     }
     if arm.masking == "capo":
         assert arm.thresholds is not None, "percentile thresholds are resolved before the run"
-        values.update(
-            hessian_low=arm.thresholds.hessian_low,
-            hessian_high=arm.thresholds.hessian_high,
-            fisher_max=arm.thresholds.fisher_max,
-        )
+        values.update(arm.thresholds.as_dict())
     if (
         arm.kl_budget is not None
     ):  # exact lookahead KL: the last-layer prediction misses the backbone
