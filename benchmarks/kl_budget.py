@@ -5,9 +5,9 @@ Runs ``capo train`` (the embedded tiny default, CAPO on) with ``--capo_kl_budget
 
 - ``step``: the whole optimizer step (``on_step_begin`` -> ``on_step_end``: generation, forward, backward,
   CAPO, optimizer step, the diagnostics);
-- ``predict``: the budget's work before ``optimizer.step()`` (``StepKLControl.on_pre_optimizer_step``:
+- ``predict``: the budget's work before ``optimizer.step()`` (``StepKLControl.before_optimizer_step``:
   the prospective step, the prediction, the lr scaling);
-- ``true_kl``: the true-KL diagnostic after the step (``CAPOTrainer._capo_true_kl``: one no-grad forward of
+- ``true_kl``: the true-KL diagnostic after the step (``CAPOStep.true_kl``: one no-grad forward of
   the step's completions plus the full-vocabulary KL and its head-only part) — the "one extra forward" yardstick.
 
 Figures: ``predict / (step − true_kl)`` (the budget's share of a step without the diagnostic; issue 13's bar
@@ -56,6 +56,7 @@ def instrumented(steps: list[dict[str, float]]) -> Iterator[None]:
     from transformers import TrainerCallback
 
     import capo.kl_budget as kb
+    import capo.optimizer_step as ops
     import capo.trainer as tr
 
     current: dict[str, float] = {}
@@ -66,24 +67,24 @@ def instrumented(steps: list[dict[str, float]]) -> Iterator[None]:
             current["t0"] = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            # _StepEnd (the true KL) is registered before this timer, so it has run already
+            # the trainer's step boundary (the true KL) is registered before this timer: it has run
             steps.append({"step": time.perf_counter() - current.pop("t0"), **current})
 
-    cls, ctl = tr.CAPOTrainer, kb.StepKLControl
-    originals = (cls.__init__, cls._capo_true_kl, ctl.on_pre_optimizer_step)
+    cls, ctl, step = tr.CAPOTrainer, kb.StepKLControl, ops.CAPOStep
+    originals = (cls.__init__, step.true_kl, ctl.before_optimizer_step)
 
     def init(self: Any, *a: Any, **kw: Any) -> None:
         originals[0](self, *a, **kw)
         self.add_callback(StepTimer())
 
     cls.__init__ = init  # type: ignore[method-assign]
-    cls._capo_true_kl = _timed(current, "true_kl", originals[1])  # type: ignore[method-assign]
-    ctl.on_pre_optimizer_step = _timed(current, "predict", originals[2])  # type: ignore[method-assign]
+    step.true_kl = _timed(current, "true_kl", originals[1])  # type: ignore[method-assign]
+    ctl.before_optimizer_step = _timed(current, "predict", originals[2])  # type: ignore[method-assign]
     try:
         yield
     finally:
-        cls.__init__, cls._capo_true_kl = originals[0], originals[1]  # type: ignore[method-assign]
-        ctl.on_pre_optimizer_step = originals[2]  # type: ignore[method-assign]
+        cls.__init__, step.true_kl = originals[0], originals[1]  # type: ignore[method-assign]
+        ctl.before_optimizer_step = originals[2]  # type: ignore[method-assign]
 
 
 def run_once(model: str, steps: int, seed: int, workdir: Path) -> list[dict[str, float]]:

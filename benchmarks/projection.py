@@ -3,7 +3,7 @@
 Method (no hand-written memory formula): one CAPO optimizer step of one rank is run for real on the
 CPU, with the library functions the trainer calls, in the trainer's order (``CAPOTrainer.
 _capo_micro_batch`` per micro-batch: ``accept_micro_batch``, ``last_layer_gradient``, the accepted-token
-copy; then ``_capo_update`` at the step end: ``merge_rows``, ``allreduce_sparse_rows``,
+copy; then ``CAPOStep.finish`` at the step end: ``merge_rows``, ``allreduce_sparse_rows``,
 ``global_shifts``, ``SparseAdamMoments.update``), under :class:`allocations.OpCounter`, which records
 every tensor allocation and every op's FLOPs and bytes. H, V, k, the dtypes and the number of
 micro-batches are the target's, so every chunk size is the one the GPU run will use; only the tokens

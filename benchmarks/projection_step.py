@@ -1,7 +1,7 @@
 """One rank's CAPO optimizer step run for real under :class:`allocations.OpCounter` (see projection.py).
 
 The step calls the library functions the trainer calls, in its order (``CAPOTrainer._capo_micro_batch``
-for each micro-batch, ``CAPOTrainer._capo_update`` at the step end), with a one-process all-reduce (the
+for each micro-batch, ``CAPOStep.finish`` at the step end), with a one-process all-reduce (the
 identity). Hidden states and the output layer exist before the step (the model's), as do the moments'
 stored rows; everything CAPO allocates is counted.
 """
@@ -139,7 +139,7 @@ def _micro_batch(
     with phase("accumulate"):  # its own phase: a peak is fitted only where one moment dominates it
         h, dev = moments.hidden_size, weight.device
         merged = merge_rows([*parts, part], h, torch.float32, dev)
-        parts.clear()  # as the trainer's rebinding of acc.grad_parts: the old sum is freed here
+        parts.clear()  # as CAPOStep.add's rebinding of grad_part: the old sum is freed here
         parts.append(merged)
         del part, merged
     with phase("accepted"):
@@ -154,7 +154,7 @@ def _step_end(
     moments: SparseAdamMoments,
     chunk: int | None,
 ) -> int:
-    """``CAPOTrainer._capo_update`` on one process; returns U, the rows of the accepted gradient."""
+    """``CAPOStep.finish`` on one process; returns U, the rows of the accepted gradient."""
     n_acc = sum(b.num_tokens for b in accepted)
     dev = parts[0][1].device
     with phase("merge"):

@@ -9,7 +9,7 @@ Runs ``capo train`` (the embedded tiny default) in this process for a few optimi
 
 and times every optimizer step (a TrainerCallback: ``on_step_begin`` → ``on_step_end``). Inside the CAPO
 runs the trainer's CAPO hooks (``_capo_micro_batch``: support + shifts + select + gradient rows;
-``_capo_step_end``: merge, global shifts, moments update, statistics; ``_capo_true_kl``) are wrapped
+``_capo_step_end``: merge, global shifts, moments update, statistics, the true KL) are wrapped
 with timers, so the overhead is also measured *within* one run (robust to machine noise). The first
 ``--skip`` steps are dropped (warm-up). The run order is interleaved over ``--rounds``.
 
@@ -63,7 +63,7 @@ def _fast_quadratic_terms(batch: Any, union: torch.Tensor, delta: torch.Tensor, 
     return out
 
 
-HOOKS = ("_capo_micro_batch", "_capo_step_end", "_capo_true_kl")
+HOOKS = ("_capo_micro_batch", "_capo_step_end")
 
 
 class Recorder:

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from capo.methods import VARIANT_LOSSES
+from capo.selection import Thresholds
+
 __all__ = [
     "CAPO_GRANULARITIES",
     "CAPO_KL_MODELS",
@@ -32,12 +35,8 @@ __all__ = [
     "CAPOConfig",
 ]
 
-CAPO_VARIANTS: dict[str, tuple[str, str]] = {
-    "grpo": ("grpo", "group"),
-    "dr_grpo": ("dr_grpo", "none"),
-    "reinforce": ("grpo", "none"),
-}
-"""variant -> (TRL ``loss_type``, TRL ``scale_rewards``)."""
+CAPO_VARIANTS = VARIANT_LOSSES
+"""variant -> (TRL ``loss_type``, TRL ``scale_rewards``): :data:`capo.methods.VARIANT_LOSSES`."""
 
 CAPO_GRANULARITIES = ("token", "completion", "group", "batch")
 """Subsets the acceptance test is applied to (paper §5: tokens, sentences, groups or batches)."""
@@ -214,6 +213,16 @@ class CAPOConfig(GRPOConfig):
     )
 
     @property
+    def thresholds(self) -> Thresholds:
+        """The acceptance bounds of eq 11 (``hessian_low``, ``hessian_high``, ``fisher_max``)."""
+        return Thresholds(self.hessian_low, self.hessian_high, self.fisher_max)
+
+    @property
+    def capo_curvature_model(self) -> bool:
+        """Whether the curvature model runs on every training micro-batch (masking or shift tracking)."""
+        return self.capo_enabled or self.capo_track_shifts
+
+    @property
     def capo_predicts_step_kl(self) -> bool:
         """Whether the trainer predicts the KL of each step (a budget is set or the true KL is logged)."""
         return self.capo_kl_budget is not None or self.capo_log_true_kl
@@ -277,17 +286,9 @@ class CAPOConfig(GRPOConfig):
                     f"capo_chunk_size must be None or an int >= 1, got {self.capo_chunk_size}"
                 )
             self.capo_chunk_size = int(self.capo_chunk_size)
-        for name in ("hessian_low", "hessian_high", "fisher_max"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            value = float(value)
-            if value != value:  # NaN
-                raise ValueError(f"{name} must be a number or None, got NaN")
+        thresholds = Thresholds(self.hessian_low, self.hessian_high, self.fisher_max)  # validates
+        for name, value in thresholds.as_dict().items():
             setattr(self, name, value)
-        lo, hi = self.hessian_low, self.hessian_high
-        if lo is not None and hi is not None and not lo < hi:
-            raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
         if self.fisher_max is not None and not self.fisher_max > 0.0:
             raise ValueError(f"fisher_max must be > 0 or None, got {self.fisher_max}")
         self._validate_kl_budget()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from capo.shifts import default_chunk_size
+from capo.shifts import default_chunk_size, policy_error
 from capo.tokens import TokenBatch
 
 __all__ = ["last_layer_gradient"]
@@ -51,8 +51,7 @@ def last_layer_gradient(
     ids = batch.support_ids[tok]
     row_ids, inv = torch.unique(ids, sorted=True, return_inverse=True)
     p = batch.support_probs[tok].to(cdt)
-    coef = -p
-    coef.scatter_add_(1, batch.action_index[tok][:, None], torch.ones_like(p[:, :1]))
+    coef = policy_error(p, batch.action_index[tok])  # g_i = A_i u_i ⊗ h_i
     coef *= batch.advantages[tok].to(cdt)[:, None]
     if reduction == "mean" and tok.numel():
         coef /= tok.numel()

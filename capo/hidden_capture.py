@@ -7,8 +7,8 @@ sees ``last_hidden_state`` (after the final norm, i.e. exactly the input of the 
 policy is run once per micro-batch and CAPO still gets h.
 
 Off-by-one: ``last_hidden_state[:, p]`` produces the logits of the token at position p + 1. For the
-last K = ``logits_to_keep`` positions (the completion), the hidden states are
-``last_hidden_state[:, -K - 1 : -1]`` (:func:`completion_hidden`).
+last T = ``logits_to_keep`` positions (the completion), the hidden states are
+``last_hidden_state[:, -T - 1 : -1]`` (:func:`completion_hidden`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "causal_lm_of",
     "check_plain_output_layer",
     "completion_hidden",
+    "output_head",
     "output_layer",
 ]
 
@@ -54,6 +55,18 @@ def backbone_of(model: nn.Module) -> nn.Module:
     return backbone
 
 
+def output_head(model: nn.Module) -> Any:
+    """The output layer (``lm_head``) of a (PEFT-wrapped) causal LM: the one accessor of the project.
+
+    Raises:
+        ValueError: if the model has no output embeddings with a weight.
+    """
+    head: Any = causal_lm_of(model).get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError("CAPO needs a model with output embeddings (an lm_head with a weight)")
+    return head
+
+
 def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [V, H], bias [V] or None) of the output layer, detached.
 
@@ -61,9 +74,7 @@ def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         ValueError: if the model has no output embeddings or their weight is sharded away (ZeRO-3
             outside :func:`capo.sharding.gathered_output_layer`).
     """
-    head: Any = causal_lm_of(model).get_output_embeddings()
-    if head is None or getattr(head, "weight", None) is None:
-        raise ValueError("CAPO needs a model with output embeddings (an lm_head)")
+    head = output_head(model)
     weight = head.weight.detach()
     if weight.dim() != 2 or weight.numel() == 0:
         raise ValueError(
@@ -121,10 +132,10 @@ def capture_hidden(model: nn.Module) -> Iterator[HiddenCapture]:
 
 
 def completion_hidden(hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-    """[B, K, H] hidden states that produced the logits of the last K tokens of [B, L, H] ``hidden``.
+    """[B, T, H] hidden states that produced the logits of the last T tokens of [B, L, H] ``hidden``.
 
-    The hidden state at position p predicts token p + 1, so completion token j (position L − K + j)
-    is predicted by position L − K − 1 + j.
+    The hidden state at position p predicts token p + 1, so completion token j (position L − T + j)
+    is predicted by position L − T − 1 + j.
     """
     k = int(logits_to_keep)
     if not 1 <= k < hidden.shape[1]:

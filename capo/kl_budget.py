@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from capo import metrics
-from capo.hidden_capture import causal_lm_of
-from capo.support import support_from_hidden
-from capo.true_kl import KLInput, step_kl_sums
+from capo.hidden_capture import output_head
+from capo.moments_sync import ReduceSum
+from capo.optimizer_step import CAPOStep
+from capo.shifts import fisher_quadratic
+from capo.true_kl import step_kl_sums
 
 __all__ = [
     "StepKLControl",
@@ -44,23 +45,46 @@ __all__ = [
     "parameters_moved",
     "prospective_params",
     "state_fisher_kl",
+    "unsupported_reason",
 ]
 
 SUPPORTED_OPTIMS = ("adamw_torch", "adamw_torch_fused", "sgd")
 """``TrainingArguments.optim`` values whose optimizer (torch Adam/AdamW, SGD) the prospective step knows."""
 
 
+MODELED_FLAGS: dict[type, dict[str, Any]] = {
+    torch.optim.Adam: {"amsgrad": None, "maximize": None, "decoupled_weight_decay": None,
+                       "foreach": None, "fused": None, "capturable": False, "differentiable": False},
+    torch.optim.AdamW: {"amsgrad": None, "maximize": None, "decoupled_weight_decay": None,
+                        "foreach": None, "fused": None, "capturable": False, "differentiable": False},
+    torch.optim.SGD: {"momentum": None, "dampening": None, "nesterov": None, "maximize": None,
+                      "foreach": None, "fused": None, "differentiable": False},
+}  # fmt: skip
+"""Per optimizer class, the flags of a param group the prospective step models (None: every value, each
+checked against ``torch.optim`` in ``tests/capo/test_kl_budget.py``; otherwise the one value accepted)."""
+_NUMBERS = frozenset({"lr", "initial_lr", "betas", "eps", "weight_decay"})
+"""Param-group entries that are numbers of the step (all modeled), not flags."""
+
+
 def inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside accelerate's wrapper; ValueError if its step is not supported."""
+    """The torch optimizer inside accelerate's wrapper; ValueError if its step is not modeled."""
     while hasattr(optimizer, "optimizer"):  # accelerate's AcceleratedOptimizer
         optimizer = optimizer.optimizer
-    if not isinstance(optimizer, torch.optim.Adam | torch.optim.SGD):
+    flags = MODELED_FLAGS.get(type(optimizer))
+    if flags is None:
         raise ValueError(
             f"the KL budget forms the step of torch Adam/AdamW or SGD only, got {type(optimizer).__name__}"
         )
     for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            raise ValueError("the KL budget needs a float learning rate, got a tensor")
+        if any(isinstance(group.get(k), torch.Tensor) for k in ("lr", "eps", "weight_decay")):
+            raise ValueError("the KL budget needs float hyper-parameters (lr, eps, weight_decay)")
+        for key, value in group.items():
+            if key == "params" or key in _NUMBERS:
+                continue
+            if key not in flags or (flags[key] is not None and value != flags[key]):
+                raise ValueError(
+                    f"the KL budget does not model {type(optimizer).__name__}({key}={value!r})"
+                )
     return optimizer
 
 
@@ -152,10 +176,11 @@ def state_fisher_kl(
     temperature: float = 1.0,
     chunk_size: int = 256,
 ) -> torch.Tensor:
-    """[N] ½ vᵢᵀ Fᵢ vᵢ = ½ (Σ π v² − (π·v)²), vᵢ = (ΔW[Sᵢ] hᵢ + Δb[Sᵢ]) / τ (eq 6, the Fisher of eq 9).
+    """[N] ½ vᵢᵀ Fᵢ vᵢ, vᵢ = (ΔW[Sᵢ] hᵢ + Δb[Sᵢ]) / τ (eq 6, the Fisher of eq 9).
 
     Fᵢ = diag(πᵢ) − πᵢπᵢᵀ is the state Fisher on the support (the expectation over the action of eq 9's
-    (e_a − π)(e_a − π)ᵀ), so this is the quadratic model of KL(π_W || π_W+ΔW) at token i.
+    (e_a − π)(e_a − π)ᵀ), so this is the quadratic model of KL(π_W || π_W+ΔW) at token i; vᵀFv is
+    :func:`capo.shifts.fisher_quadratic` (no cancellation).
 
     Args:
         hidden: [N, H] hidden states.
@@ -175,32 +200,26 @@ def state_fisher_kl(
         if d_bias is not None:
             v = v + d_bias[ids].to(cdt)
         v = v / temperature
-        pi = support_probs[sl]
-        out[sl] = 0.5 * ((pi * v * v).sum(dim=1) - (pi * v).sum(dim=1) ** 2)
+        out[sl] = 0.5 * fisher_quadratic(support_probs[sl], v)
     return out
 
 
 @torch.no_grad()
 def last_layer_kl_sums(
-    kl_inputs: Sequence[KLInput],
-    head: tuple[torch.Tensor, torch.Tensor | None],
+    supports: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     head_step: tuple[torch.Tensor, torch.Tensor | None],
-    support_size: int,
     temperature: float,
 ) -> torch.Tensor:
     """[2] float64 (Σ ½vᵀFv, number of tokens) over the valid tokens of the step's micro-batches.
 
-    The support of each token is the top-k at the temperature, the sampled token included
-    (:func:`capo.support.support_from_hidden`), from the output layer ``head`` = (W, b) before the step;
-    ``head_step`` = (ΔW, Δb) is the optimizer's prospective step of that layer.
+    ``supports`` gives, per micro-batch, (hidden [N, H], support ids [N, k], support probs [N, k]) under
+    the output layer before the step (:meth:`capo.optimizer_step.CAPOStep.supports`: the top-k at the
+    temperature, the sampled token included); ``head_step`` = (ΔW, Δb) is the optimizer's prospective
+    step of that layer.
     """
-    weight, bias = head
-    total = torch.zeros(2, dtype=torch.float64, device=weight.device)
-    for input_ids, _, keep_k, valid, h in kl_inputs:
-        sampled = input_ids[:, -keep_k:][valid]
-        k = min(support_size, weight.shape[0])
-        sup = support_from_hidden(h, weight, sampled, k, temperature, bias)
-        kl = state_fisher_kl(h, sup.support_ids, sup.support_probs, *head_step, temperature)
+    total = torch.zeros(2, dtype=torch.float64, device=head_step[0].device)
+    for h, ids, probs in supports:
+        kl = state_fisher_kl(h, ids, probs, *head_step, temperature)
         total[0] += kl.double().sum()
         total[1] += kl.numel()
     return total
@@ -241,53 +260,74 @@ def unsupported_reason(trainer: Any) -> str | None:
     return None
 
 
-class StepKLControl(TrainerCallback):
+class StepKLControl:
     """Predicts the KL of each optimizer step before it is taken and, with a budget, scales its lr.
 
-    ``on_pre_optimizer_step`` (every rank, after clipping and the cross-rank gradient reduction):
-    KL̂ = the prediction of ``capo_kl_model`` at s = 1, averaged over all ranks' valid tokens (the same s
-    on every rank), s = :func:`budget_scale` (one optional lookahead backtracking check), every param
-    group's lr multiplied by s. ``on_optimizer_step`` restores the scheduled lrs. The trainer logs
-    :meth:`pop_metrics` at the step end.
+    The trainer calls :meth:`before_optimizer_step` on every rank after clipping and the cross-rank
+    gradient reduction, with the step's :class:`~capo.optimizer_step.CAPOStep`, the optimizer and the
+    all-reduce: KL̂ = the prediction of ``kl_model`` at s = 1, averaged over all ranks' valid tokens (the
+    same s on every rank), s = :func:`budget_scale` (one optional lookahead backtracking check), every
+    param group's lr multiplied by s. :meth:`after_optimizer_step` restores the scheduled lrs; the
+    trainer logs :meth:`pop_metrics` at the step end.
+
+    Args:
+        budget: δ (``capo_kl_budget``), None to predict and log only.
+        kl_model: "lookahead" or "last_layer" (``capo_kl_model``).
+        backtrack: ``capo_kl_backtrack``.
+        support_size: k of the ``last_layer`` model.
+        temperature: the policy temperature τ.
+        autocast: context manager factory of the training forward (the lookahead forward uses it).
+        unsupported: :func:`unsupported_reason` of the set-up; with a budget it is an error, without
+            one the prediction is not logged (a warning).
+        s_max: The largest lr factor: 1 for ``capo_kl_mode`` "cap", ``capo_kl_max_scale`` for "target".
     """
 
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.budget: float | None = trainer.args.capo_kl_budget
-        self.kl_model: str = trainer.args.capo_kl_model
-        target = getattr(trainer.args, "capo_kl_mode", "cap") == "target"
-        self.s_max: float = float(trainer.args.capo_kl_max_scale) if target else 1.0
+    def __init__(
+        self,
+        budget: float | None,
+        kl_model: str,
+        backtrack: bool,
+        support_size: int,
+        temperature: float,
+        autocast: Callable[[], AbstractContextManager[Any]],
+        unsupported: str | None = None,
+        s_max: float = 1.0,
+    ) -> None:
+        self.budget, self.kl_model, self.backtrack = budget, kl_model, backtrack
+        self.support_size, self.temperature, self.autocast = support_size, temperature, autocast
+        self.s_max = s_max  # 1: the cap (capo_kl_mode "cap"); > 1: δ-driven steps ("target")
         self.enabled = True
-        reason = unsupported_reason(trainer)
-        if reason is not None and self.budget is not None:
-            raise ValueError(reason)
-        if reason is not None:
-            warnings.warn(f"{metrics.KL_PREDICTED} is not logged: {reason}", stacklevel=2)
+        if unsupported is not None and budget is not None:
+            raise ValueError(unsupported)
+        if unsupported is not None:
+            warnings.warn(f"{metrics.KL_PREDICTED} is not logged: {unsupported}", stacklevel=3)
             self.enabled = False
         self._scheduled_lrs: list[Any] | None = None
         self._metrics: dict[str, float] = {}
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Predict the step's KL and scale the lr to the budget."""
+    def before_optimizer_step(
+        self, step: CAPOStep, model: Any, optimizer: Any, reduce: ReduceSum
+    ) -> None:
+        """Predict the step's KL and scale the lr to the budget (``model``: the unwrapped policy)."""
         if not self.enabled:
             return
-        total, n = self.predict_sums(1.0)
+        total, n = self.predict_sums(step, model, optimizer, reduce, 1.0)
         kl = total / n if n > 0 else float("nan")
         scale = 1.0 if self.budget is None or n == 0 else budget_scale(kl, self.budget, self.s_max)
-        if self.budget is not None and self.trainer.args.capo_kl_backtrack and scale not in (0, 1):
-            total, n = self.predict_sums(scale)
+        if self.budget is not None and self.backtrack and scale not in (0.0, 1.0):
+            total, n = self.predict_sums(step, model, optimizer, reduce, scale)
             scale *= budget_scale(total / n, self.budget)
         self._metrics = {metrics.KL_PREDICTED: kl, metrics.KL_SCALE: scale}
         if scale != 1.0:
-            groups = self.trainer.optimizer.param_groups
+            groups = optimizer.param_groups
             self._scheduled_lrs = [g["lr"] for g in groups]
             for g in groups:
                 g["lr"] = g["lr"] * scale
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def after_optimizer_step(self, optimizer: Any) -> None:
         """Restore the scheduled learning rates."""
         if self._scheduled_lrs is not None:
-            for g, lr in zip(self.trainer.optimizer.param_groups, self._scheduled_lrs, strict=True):
+            for g, lr in zip(optimizer.param_groups, self._scheduled_lrs, strict=True):
                 g["lr"] = lr
             self._scheduled_lrs = None
 
@@ -297,36 +337,35 @@ class StepKLControl(TrainerCallback):
         return out
 
     @torch.no_grad()
-    def predict_sums(self, scale: float) -> tuple[float, float]:
+    def predict_sums(
+        self, step: CAPOStep, model: Any, optimizer: Any, reduce: ReduceSum, scale: float
+    ) -> tuple[float, float]:
         """(Σ KL, number of tokens) over all ranks' valid tokens of the step θ -> θ + scale·Δ."""
-        tr = self.trainer
-        acc = tr._capo_acc
-        model = tr.accelerator.unwrap_model(tr.model)
-        dev = tr.accelerator.device
-        sums = torch.zeros(2, dtype=torch.float64, device=dev)
-        if acc.head_before is not None and self.kl_model == "lookahead":
-            with parameters_moved(prospective_params(tr.optimizer, scale)):
+        sums = torch.zeros(2, dtype=torch.float64, device=step.device)
+        if step.head_before is not None and self.kl_model == "lookahead":
+            with parameters_moved(prospective_params(optimizer, scale)):
                 kl = step_kl_sums(
                     model,
-                    acc.kl_inputs,
-                    acc.head_before,
-                    tr.temperature,
-                    tr.accelerator.autocast,
+                    step.kl_inputs(),
+                    step.head_before,
+                    self.temperature,
+                    self.autocast,
                     head_only=False,
                 )
-            sums = kl[[0, 2]].to(dev)
-        elif acc.head_before is not None:  # last_layer: exactly quadratic in the scale
-            sums = self._last_layer_sums(model, acc).to(dev)
+            sums = kl[[0, 2]].to(step.device)
+        elif step.head_before is not None:  # last_layer: exactly quadratic in the scale
+            head_step = self._head_step(model, optimizer)
+            supports = step.supports(self.support_size, self.temperature)
+            sums = last_layer_kl_sums(supports, head_step, self.temperature).to(step.device)
             sums[0] *= scale**2
-        total, n = tr._capo_reduce(sums).tolist()  # the one host sync of the prediction
+        total, n = reduce(sums).tolist()  # the one host sync of the prediction
         return total, n
 
-    def _last_layer_sums(self, model: Any, acc: Any) -> torch.Tensor:
-        head = causal_lm_of(model).get_output_embeddings()
+    @staticmethod
+    def _head_step(model: Any, optimizer: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ΔW, Δb): the optimizer's prospective step of the output layer (zero where it has no grad)."""
+        head = output_head(model)
         params = [t for t in (head.weight, getattr(head, "bias", None)) if t is not None]
-        new = {id(p): v for p, v in prospective_params(self.trainer.optimizer, 1.0, params)}
+        new = {id(p): v for p, v in prospective_params(optimizer, 1.0, params)}
         steps = [new[id(p)] - p.detach() if id(p) in new else torch.zeros_like(p) for p in params]
-        head_step = (steps[0], steps[1] if len(steps) > 1 else None)
-        k = self.trainer.args.capo_support_size
-        tau = self.trainer.temperature
-        return last_layer_kl_sums(acc.kl_inputs, acc.head_before, head_step, k, tau)
+        return steps[0], steps[1] if len(steps) > 1 else None

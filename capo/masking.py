@@ -1,6 +1,6 @@
 """One micro-batch of CAPO: support, shifts, acceptance mask, and the loss coefficients applying it.
 
-Shapes: B completions, K = ``logits_to_keep`` completion positions, N valid (unpadded) tokens, H hidden,
+Shapes (:mod:`capo.shapes`): B completions, T = ``logits_to_keep`` completion positions, N valid (unpadded) tokens, H hidden,
 k support size, S subsets.
 
 How the mask reaches TRL's loss without copying it (docs/design.md §2, "Losses after masking"): TRL's
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from capo.selection import Thresholds, select
+from capo.selection import Thresholds, acceptance
 from capo.shifts import Shifts, directional_shifts
 from capo.steps import StepModel
 from capo.support import support_from_hidden
@@ -37,13 +37,15 @@ class MicroBatchSelection:
     """The outcome of the acceptance test on one micro-batch.
 
     Attributes:
-        valid: [B, K] bool, the completion tokens that enter TRL's loss at all.
-        keep: [B, K] bool, valid tokens whose subset passed the test (and whose inputs are finite).
+        valid: [B, T] bool, the completion tokens that enter TRL's loss at all.
+        keep: [B, T] bool, valid tokens whose subset passed the test (and whose inputs are finite).
         batch: the N valid tokens (row-major order of ``valid``) with their top-k support.
         shifts: the shifts of the S subsets (token level: S = N).
         subsets: [N] int64 subset id of each valid token, or None at token level.
         fail_hessian: [N] bool, the token's subset failed the m_H band (or had no finite shift).
         fail_fisher: [N] bool, the token's subset failed m_F < fisher_max (or had no finite shift).
+        sampled_logprob: [N] log π(a) of each valid token over the full vocabulary at the temperature
+            (from the support's logsumexp: no second softmax).
     """
 
     valid: torch.Tensor
@@ -53,11 +55,20 @@ class MicroBatchSelection:
     subsets: torch.Tensor | None
     fail_hessian: torch.Tensor
     fail_fisher: torch.Tensor
+    sampled_logprob: torch.Tensor
 
     @property
     def keep_flat(self) -> torch.Tensor:
         """[N] bool: ``keep`` at the valid tokens."""
         return self.keep[self.valid]
+
+    def sampled_prob(self) -> torch.Tensor:
+        """[B, T] π(a) over the full vocabulary at the temperature at the valid tokens, 0 elsewhere."""
+        out = torch.zeros(
+            self.valid.shape, dtype=self.sampled_logprob.dtype, device=self.valid.device
+        )
+        out[self.valid] = self.sampled_logprob.exp()
+        return out
 
 
 def subset_ids(
@@ -67,7 +78,7 @@ def subset_ids(
 
     Args:
         granularity: "token", "completion", "group" or "batch".
-        valid: [B, K] bool.
+        valid: [B, T] bool.
         group_ids: [B] int64 prompt-group id of each completion (needed for "group").
     """
     b, k = valid.shape
@@ -85,24 +96,6 @@ def subset_ids(
         raise ValueError(f"unknown granularity {granularity!r}")
     per_token = rows[:, None].expand(b, k)[valid]
     return torch.unique(per_token, return_inverse=True)[1]
-
-
-def _failures(
-    shifts: Shifts, thresholds: Thresholds, subsets: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token failure of each criterion ([N] bool each); a subset without finite shifts fails both."""
-    m_h, m_f, ok = shifts.m_H, shifts.m_F, shifts.valid
-    hess_ok = ok.clone()
-    if thresholds.hessian_low is not None:
-        hess_ok &= m_h > thresholds.hessian_low
-    if thresholds.hessian_high is not None:
-        hess_ok &= m_h < thresholds.hessian_high
-    fish_ok = ok.clone()
-    if thresholds.fisher_max is not None:
-        fish_ok &= m_f < thresholds.fisher_max
-    if subsets is not None:
-        hess_ok, fish_ok = hess_ok[subsets], fish_ok[subsets]
-    return ~hess_ok, ~fish_ok
 
 
 def accept_micro_batch(
@@ -124,11 +117,11 @@ def accept_micro_batch(
     """Run the acceptance test (eq 11) on the valid tokens of one micro-batch.
 
     Args:
-        hidden: [B, K, H] hidden states that produced each completion token's logits (already
+        hidden: [B, T, H] hidden states that produced each completion token's logits (already
             shifted by one position, see :func:`capo.hidden_capture.completion_hidden`).
-        completion_ids: [B, K] int64 sampled token ids.
-        valid: [B, K] bool, tokens that enter the loss (completion mask, tool mask).
-        advantages: [B, K] float, the coefficient A_i the variant's loss gives each token.
+        completion_ids: [B, T] int64 sampled token ids.
+        valid: [B, T] bool, tokens that enter the loss (completion mask, tool mask).
+        advantages: [B, T] float, the coefficient A_i the variant's loss gives each token.
         weight: [V, H] output-layer weight.
         bias: [V] output-layer bias or None.
         support_size: k.
@@ -157,7 +150,7 @@ def accept_micro_batch(
         shifts = directional_shifts(
             batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
         )
-    return _selection(valid, batch, shifts, subsets, thresholds)
+    return _selection(valid, batch, shifts, subsets, thresholds, sup.sampled_logprob)
 
 
 def _selection(
@@ -166,24 +159,28 @@ def _selection(
     shifts: Shifts,
     subsets: torch.Tensor | None,
     thresholds: Thresholds,
+    sampled_logprob: torch.Tensor,
 ) -> MicroBatchSelection:
-    """Apply eq 11 to the subsets' shifts and map the verdicts back to the [B, K] tokens."""
-    keep_subset = select(shifts, thresholds)
-    keep_flat = keep_subset if subsets is None else keep_subset[subsets]
+    """Apply eq 11 to the subsets' shifts and map the verdicts back to the [B, T] tokens."""
+    keep_subset, hessian_ok, fisher_ok = acceptance(shifts, thresholds)
+    if subsets is not None:
+        keep_subset, hessian_ok, fisher_ok = (
+            x[subsets] for x in (keep_subset, hessian_ok, fisher_ok)
+        )
     keep = torch.zeros_like(valid)
-    keep[valid] = keep_flat & shifts.token_finite
-    fail_h, fail_f = _failures(shifts, thresholds, subsets)
-    return MicroBatchSelection(valid, keep, batch, shifts, subsets, fail_h, fail_f)
+    keep[valid] = keep_subset & shifts.token_finite
+    fail_h, fail_f = ~hessian_ok, ~fisher_ok
+    return MicroBatchSelection(valid, keep, batch, shifts, subsets, fail_h, fail_f, sampled_logprob)
 
 
 def loss_coefficients(
     applied: torch.Tensor, valid: torch.Tensor, per_completion_mean: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """[B, K] gradient coefficients c that turn TRL's loss into the masked loss (module docstring).
+    """[B, T] gradient coefficients c that turn TRL's loss into the masked loss (module docstring).
 
     Args:
-        applied: [B, K] bool, the tokens whose gradient is kept.
-        valid: [B, K] bool, the tokens TRL's loss normalises over.
+        applied: [B, T] bool, the tokens whose gradient is kept.
+        valid: [B, T] bool, the tokens TRL's loss normalises over.
         per_completion_mean: True for grpo / reinforce (c = applied · n_b / n_acc_b), False for
             dr_grpo (c = applied).
         dtype: dtype of the result (that of the log-probabilities).

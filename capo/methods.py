@@ -8,12 +8,29 @@ and the paper's thresholds. The CLI shortcuts (``capo train --method``), the rec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from capo.selection import Thresholds
 
-__all__ = ["METHODS", "PAPER_THRESHOLDS", "VARIANTS", "Method", "method_of", "normalize_method"]
+__all__ = [
+    "METHODS",
+    "PAPER_THRESHOLDS",
+    "PRESETS",
+    "VARIANTS",
+    "VARIANT_LOSSES",
+    "Method",
+    "method_of",
+    "normalize_method",
+]
 
-VARIANTS = ("grpo", "dr_grpo", "reinforce")
+VARIANT_LOSSES: dict[str, tuple[str, str]] = {
+    "grpo": ("grpo", "group"),
+    "dr_grpo": ("dr_grpo", "none"),
+    "reinforce": ("grpo", "none"),
+}
+"""Loss variant (``CAPOConfig.capo_variant``) -> (TRL ``loss_type``, TRL ``scale_rewards``)."""
+
+VARIANTS = tuple(VARIANT_LOSSES)
 """The loss variants (``CAPOConfig.capo_variant``)."""
 
 
@@ -35,6 +52,11 @@ class Method:
     masking: bool
     thresholds: Thresholds | None = None
 
+    def config_fields(self) -> dict[str, Any]:
+        """The ``CAPOConfig`` fields this method sets: variant, masking switch and the paper's thresholds."""
+        out: dict[str, Any] = {"capo_variant": self.variant, "capo_enabled": self.masking}
+        return out if self.thresholds is None else {**out, **self.thresholds.as_dict()}
+
 
 METHODS: dict[str, Method] = {
     m.key: m
@@ -48,6 +70,9 @@ METHODS: dict[str, Method] = {
     )
 }
 """The six methods, baseline then CAPO extension per variant."""
+
+PRESETS: dict[str, dict[str, Any]] = {key: m.config_fields() for key, m in METHODS.items()}
+"""The six methods as presets of one trainer: ``CAPOConfig`` fields by method key (``capo train --method``)."""
 
 PAPER_THRESHOLDS: dict[str, Thresholds] = {
     m.key: m.thresholds for m in METHODS.values() if m.thresholds is not None

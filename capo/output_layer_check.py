@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from capo.hidden_capture import causal_lm_of
+from capo.hidden_capture import causal_lm_of, output_head
 
 __all__ = ["OutputLayerTraining", "check_output_layer_training", "output_layer_training"]
 
@@ -63,10 +63,8 @@ def output_layer_training(model: nn.Module) -> OutputLayerTraining:
         ValueError: if the model has no output layer whose weight is a parameter.
     """
     lm: Any = causal_lm_of(model)
-    head = lm.get_output_embeddings()
-    weight = getattr(head, "weight", None)  # PEFT's ModulesToSaveWrapper gives the active copy
-    if not isinstance(head, nn.Module) or weight is None:
-        raise ValueError("CAPO needs a model with output embeddings (an lm_head with a weight)")
+    head = output_head(model)
+    weight = head.weight  # PEFT's ModulesToSaveWrapper gives the active copy
     if not isinstance(weight, nn.Parameter):  # e.g. a view into a flattened (FSDP) parameter
         raise ValueError(
             f"the output layer's weight is a {type(weight).__name__}, not a parameter of the model: "

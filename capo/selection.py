@@ -14,7 +14,7 @@ import torch
 
 from capo.shifts import Shifts
 
-__all__ = ["Thresholds", "select"]
+__all__ = ["Thresholds", "acceptance", "select"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,32 @@ class Thresholds:
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(f"hessian_low = {lo} must be < hessian_high = {hi}")
 
+    def as_dict(self) -> dict[str, float | None]:
+        """``{"hessian_low": ..., "hessian_high": ..., "fisher_max": ...}`` (the CAPOConfig field names)."""
+        return {name: getattr(self, name) for name in ("hessian_low", "hessian_high", "fisher_max")}
+
+
+def acceptance(
+    shifts: Shifts, thresholds: Thresholds
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The test of eq 11 and each criterion: (keep, passes the m_H band, passes m_F < fisher_max), [S] bool.
+
+    ``keep`` = both criteria; a subset whose shifts are not finite (or that holds no finite token) passes
+    neither.
+    """
+    if not isinstance(thresholds, Thresholds):
+        raise ValueError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    m_h, m_f, ok = shifts.m_H, shifts.m_F, shifts.valid
+    hessian = ok.clone()
+    if thresholds.hessian_low is not None:
+        hessian &= m_h > thresholds.hessian_low
+    if thresholds.hessian_high is not None:
+        hessian &= m_h < thresholds.hessian_high
+    fisher = ok.clone()
+    if thresholds.fisher_max is not None:
+        fisher &= m_f < thresholds.fisher_max
+    return hessian & fisher, hessian, fisher
+
 
 def select(shifts: Shifts, thresholds: Thresholds) -> torch.Tensor:
     """The acceptance mask of eq 11.
@@ -55,14 +81,4 @@ def select(shifts: Shifts, thresholds: Thresholds) -> torch.Tensor:
     Returns:
         [S] bool, True for the subsets kept.
     """
-    if not isinstance(thresholds, Thresholds):
-        raise ValueError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
-    m_h, m_f = shifts.m_H, shifts.m_F
-    keep = shifts.valid.clone()
-    if thresholds.hessian_low is not None:
-        keep &= m_h > thresholds.hessian_low
-    if thresholds.hessian_high is not None:
-        keep &= m_h < thresholds.hessian_high
-    if thresholds.fisher_max is not None:
-        keep &= m_f < thresholds.fisher_max
-    return keep
+    return acceptance(shifts, thresholds)[0]

@@ -13,26 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 
-from capo.hidden_capture import causal_lm_of
+from capo.hidden_capture import output_head
 
 __all__ = ["gathered_output_layer", "output_layer_shape"]
 
 
-def _head(model: nn.Module) -> Any:
-    head: Any = causal_lm_of(model).get_output_embeddings()
-    if head is None or getattr(head, "weight", None) is None:
-        raise ValueError("CAPO needs a model with output embeddings (an lm_head)")
-    return head
-
-
 def output_layer_shape(model: nn.Module) -> tuple[int, int, torch.dtype]:
     """(V, H, dtype) of the output-layer weight, also while ZeRO-3 holds only a shard of it."""
-    weight = _head(model).weight
+    weight = output_head(model).weight
     shape = getattr(weight, "ds_shape", None) or weight.shape
     if len(shape) != 2:
         raise ValueError(f"the output-layer weight has shape {list(shape)}; CAPO needs [V, H]")
@@ -42,7 +34,7 @@ def output_layer_shape(model: nn.Module) -> tuple[int, int, torch.dtype]:
 @contextmanager
 def gathered_output_layer(model: nn.Module) -> Iterator[None]:
     """Within the block, ``lm_head``'s weight and bias are whole on every rank (module docstring)."""
-    head = _head(model)
+    head = output_head(model)
     if getattr(head.weight, "ds_id", None) is None:  # not a ZeRO-3 parameter
         yield
         return

@@ -28,6 +28,7 @@ __all__ = [
     "Shifts",
     "default_chunk_size",
     "directional_shifts",
+    "fisher_quadratic",
     "policy_error",
     "token_terms",
 ]
@@ -88,13 +89,21 @@ def policy_error(p: torch.Tensor, action_index: torch.Tensor) -> torch.Tensor:
     return u.scatter_add_(1, action_index[:, None], torch.ones_like(p[:, :1]))
 
 
+def fisher_quadratic(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[C] vᵀFv with F = diag(π) − ππᵀ on the support (eq 9 in expectation over the action), never built.
+
+    Computed as Σ_j π_j (v_j − π·v)² + (π·v)² (1 − Σ_j π_j): Σ π v² − (π·v)² without its cancellation.
+    """
+    pv = (p * v).sum(dim=1)
+    return (p * (v - pv[:, None]).square()).sum(dim=1) + pv.square() * (1.0 - p.sum(dim=1))
+
+
 def token_terms(
     u: torch.Tensor, p: torch.Tensor, v: torch.Tensor, adv: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per token: uᵀv, A[(uᵀv)² − vᵀFv] and (uᵀv)², each [C] (eqs 58, 63 summands)."""
     uv = (u * v).sum(dim=1)
-    pv = (p * v).sum(dim=1)
-    vfv = (p * (v - pv[:, None]).square()).sum(dim=1) + pv.square() * (1.0 - p.sum(dim=1))
+    vfv = fisher_quadratic(p, v)
     uv2 = uv.square()
     return uv, adv * (uv2 - vfv), uv2
 

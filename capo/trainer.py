@@ -2,25 +2,26 @@
 
 Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden methods, narrowest first:
 
-- ``_get_per_token_logps_and_entropies``: during the training forward only (flagged by
-  ``_compute_loss``), a forward hook on the backbone captures ``last_hidden_state`` of the one policy
+- ``_get_per_token_logps_and_entropies``: during the training forward only (the micro-batch scope
+  ``_compute_loss`` opens), a forward hook on the backbone captures ``last_hidden_state`` of the one policy
   forward TRL already runs (its fused LM head returns no hidden states, see
   :mod:`capo.hidden_capture`); the support, shifts and acceptance mask are computed from it under
-  no_grad, and the log-probabilities are returned as ``logp.detach() + c ⊙ (logp − logp.detach())``.
+  no_grad, :meth:`CAPOTrainer.token_mask` (the public seam) may replace the mask, the step
+  (:class:`capo.optimizer_step.CAPOStep`) files the micro-batch, and the log-probabilities are returned as ``logp.detach() + c ⊙ (logp − logp.detach())``.
   Values are unchanged, gradients are exactly those of the masked loss (:mod:`capo.masking`). This
   is the one place where both the hidden states and the differentiable log-probabilities exist, so
   TRL's loss code (clipping, normalisation, KL, entropy bonus, metrics) is reused untouched.
-- ``_compute_loss``: calls super; only stashes the micro-batch inputs (advantages, masks, group ids)
-  for the override above and counts completions.
+- ``_compute_loss``: calls super inside a scope that hands the micro-batch inputs (advantages, masks,
+  group ids) to the override above for this one call; counts completions.
 - ``_generate_and_score_completions`` / ``_calculate_rewards``: add the global completion index and
   prompt-group id to the batch (kept in unison by TRL's shuffle and split), and, for
-  ``capo_variant='reinforce'``, replace the advantages by the raw weighted reward.
-- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: write / read ``capo_moments.pt`` (the sparse
-  Adam moments) and ``capo_state.json`` in each checkpoint folder.
-- A ``TrainerCallback.on_step_end`` (runs on every rank right after ``optimizer.step``): the step
-  boundary. It all-reduces the statistics and the accepted gradient of the step's micro-batches
-  (:mod:`capo.moments_sync`), computes the global shifts, updates the moments once (t += 1), measures
-  the true KL if asked, and appends ``capo/*`` metrics to TRL's metric stream.
+  ``capo_variant='reinforce'``, replace the advantages by the raw weighted reward (handed over by a scope
+  around the one call).
+- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: ``capo_moments.pt`` and ``capo_state.json``.
+- A ``TrainerCallback`` (every rank): before ``optimizer.step`` the KL control (:mod:`capo.kl_budget`)
+  predicts the step's KL and scales its lr; after it (``on_step_end``) the step is finished
+  (:meth:`capo.optimizer_step.CAPOStep.finish`: all-reduces, global shifts, moments update once) and its
+  ``capo/*`` metrics are appended to TRL's metric stream; a fresh step begins.
 
 Known limits: 'group' and 'batch' subsets are local to one micro-batch on one rank (the mask of a
 micro-batch is needed before its backward); the advantage of a token in the curvature model is the
@@ -29,8 +30,9 @@ variant's advantage, not the importance-weighted one (exact for on-policy traini
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,56 +43,63 @@ from trl import GRPOTrainer
 from capo import metrics
 from capo.checkpoint import load_capo_state, save_capo_state
 from capo.config import CAPOConfig
-from capo.gradients import last_layer_gradient
 from capo.hidden_capture import (
     capture_hidden,
     check_plain_output_layer,
     completion_hidden,
     output_layer,
 )
-from capo.kl_budget import StepKLControl
-from capo.masking import accept_micro_batch, loss_coefficients
+from capo.kl_budget import StepKLControl, unsupported_reason
+from capo.masking import MicroBatchSelection, accept_micro_batch, loss_coefficients
 from capo.moments import SparseAdamMoments
-from capo.moments_sync import allreduce_sparse_rows, gather_values, global_shifts, merge_rows
+from capo.optimizer_step import CAPOStep, MicroBatch, applied_mask
 from capo.output_layer_check import check_output_layer_training
-from capo.selection import Thresholds
 from capo.sharding import gathered_output_layer, output_layer_shape
-from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, StepRecord, shift_stats
 from capo.steps import AdamStep, SGDStep, StepModel
-from capo.true_kl import step_kl_sums
 
 __all__ = ["CAPOTrainer"]
 
 
-class _StepEnd(TrainerCallback):
-    """Calls :meth:`CAPOTrainer._capo_step_end` after every optimizer step, on every rank."""
+class _StepBoundary(TrainerCallback):
+    """Runs the trainer's step-boundary hooks on every rank, around and after ``optimizer.step``."""
 
-    def __init__(self, trainer: CAPOTrainer) -> None:
-        self.trainer = trainer
+    def __init__(
+        self, before: Callable[[], None], after: Callable[[], None], end: Callable[[], None]
+    ):
+        self.before, self.after, self.end = before, after, end
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Gradients are accumulated, clipped and reduced: the KL control may scale the lr."""
+        self.before()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The optimizer has stepped: the scheduled lrs are restored."""
+        self.after()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """The optimizer has stepped: close the CAPO step."""
-        self.trainer._capo_step_end()
+        """The step is over: finish the CAPO step."""
+        self.end()
 
 
-def _record_micro_batch(
-    record: list[dict[str, torch.Tensor]],
-    inputs: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    lr: float,
-    valid: torch.Tensor,
-    keep: torch.Tensor,
-) -> None:
-    """Append one micro-batch's inputs and masks to ``CAPOTrainer.capo_record`` (tests and debugging)."""
-    record.append(
-        {
-            "completion_index": inputs["capo_completion_index"].detach().cpu(),
-            **{name: t.detach().cpu() for name, t in tensors.items()},
-            "lr": torch.tensor(lr),
-            "valid": valid.cpu(),
-            "keep": keep.cpu(),
-        }
-    )
+class _Scope:
+    """A value one TRL call hands to the overrides it calls back: set and cleared by one ``with``."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    @contextmanager
+    def holding(self, value: Any) -> Iterator[Any]:
+        """``value`` is in scope for the block (and only there)."""
+        self.value = value
+        try:
+            yield value
+        finally:
+            self.value = None
+
+    def take(self) -> Any:
+        """The value in scope (None outside one), consumed: only the first reader gets it."""
+        value, self.value = self.value, None
+        return value
 
 
 class CAPOTrainer(GRPOTrainer):
@@ -98,9 +107,11 @@ class CAPOTrainer(GRPOTrainer):
 
     ``capo_enabled=False`` trains the plain baseline of ``capo_variant`` (GRPO, Dr.GRPO, REINFORCE).
     Attributes of interest: ``capo_moments`` (the tracked :class:`~capo.SparseAdamMoments`, None for
-    the SGD step model or without CAPO), ``capo_completions_seen``, and ``capo_record`` (set it to a
-    list to receive, per training micro-batch, the global completion indices, inputs, advantages, η and
-    the [B, K] valid and keep masks; for tests and debugging).
+    the SGD step model or without CAPO), ``capo_completions_seen``, ``capo_step`` (the
+    :class:`~capo.optimizer_step.CAPOStep` being filled), and ``capo_record`` (set it to a list to
+    receive, per training micro-batch, the global completion indices, inputs, advantages, η and the
+    [B, T] valid and applied keep masks; for tests and debugging). The public seam :meth:`token_mask`
+    lets a subclass apply its own token mask (docs/design.md §2, "The mask seam").
     """
 
     args: CAPOConfig
@@ -109,57 +120,79 @@ class CAPOTrainer(GRPOTrainer):
         self, model: Any, reward_funcs: Any, args: CAPOConfig | None = None, **kwargs: Any
     ):
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
+            name = model if isinstance(model, str) else model.name_or_path
             args = CAPOConfig(output_dir=f"{str(name).split('/')[-1]}-CAPO")
         if not isinstance(args, CAPOConfig):
             raise ValueError(f"args must be a CAPOConfig, got {type(args).__name__}")
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
-        self._capo_active = args.capo_enabled or args.capo_track_shifts
-        self._capo_capture = self._capo_active or args.capo_predicts_step_kl
-        self.capo_thresholds = Thresholds(args.hessian_low, args.hessian_high, args.fisher_max)
+        active, unwrapped = args.capo_curvature_model, self.accelerator.unwrap_model(self.model)
+        self.capo_thresholds = args.thresholds
         self.capo_moments: SparseAdamMoments | None = None
         self.capo_completions_seen = 0
         self.capo_record: list[dict[str, torch.Tensor]] | None = None
-        self._capo_pending: dict[str, Any] | None = None
-        self._capo_acc = StepRecord()
-        self._capo_rewards_per_func: torch.Tensor | None = None
-        vocab, hidden, head_dtype = output_layer_shape(self.accelerator.unwrap_model(self.model))
-        self._capo_vocab, self._capo_hidden = vocab, hidden
-        self._capo_dtype = torch.float64 if head_dtype == torch.float64 else torch.float32
-        if self._capo_capture:
-            check_plain_output_layer(self.accelerator.unwrap_model(self.model))
+        self._capo_forward, self._capo_rewards = _Scope(), _Scope()
+        vocab, hidden, head_dtype = output_layer_shape(unwrapped)
+        self._capo_shape = (
+            vocab,
+            hidden,
+            torch.float64 if head_dtype == torch.float64 else torch.float32,
+        )
+        if active or args.capo_predicts_step_kl:
+            check_plain_output_layer(unwrapped)
         head_budget = args.capo_kl_budget is not None and args.capo_kl_model == "last_layer"
-        if self._capo_active or head_budget:  # frozen / adapter head: ValueError; tied: a warning
-            check_output_layer_training(self.accelerator.unwrap_model(self.model), args)
-        if self._capo_active and args.capo_support_size > self._capo_vocab:
+        if active or head_budget:  # frozen / adapter head: ValueError; tied: a warning
+            check_output_layer_training(unwrapped, args)
+        if active and args.capo_support_size > vocab:
             raise ValueError(
-                f"capo_support_size = {args.capo_support_size} exceeds the vocabulary size "
-                f"{self._capo_vocab}"
+                f"capo_support_size = {args.capo_support_size} exceeds the vocabulary size {vocab}"
             )
-        if self._capo_active and args.capo_step_model == "adam":
+        if active and args.capo_step_model == "adam":
             self.capo_moments = SparseAdamMoments(
-                self._capo_vocab,
-                self._capo_hidden,
+                vocab,
+                hidden,
                 betas=(args.adam_beta1, args.adam_beta2),
                 eps=args.adam_epsilon,
                 dtype=torch.bfloat16 if args.capo_moments_dtype == "bfloat16" else None,
                 device=self.accelerator.device,
             )
-        self.add_callback(_StepEnd(self))
-        self._capo_kl = StepKLControl(self) if args.capo_predicts_step_kl else None
-        if self._capo_kl is not None:  # KL budget (docs/design.md §5): scales the step's lr
-            self.add_callback(self._capo_kl)
+        self._capo_kl = (
+            None  # the KL control (docs/design.md §5): predicts, and may scale, the step
+        )
+        if args.capo_predicts_step_kl:
+            self._capo_kl = StepKLControl(
+                args.capo_kl_budget, args.capo_kl_model, args.capo_kl_backtrack,
+                args.capo_support_size, self.temperature, self.accelerator.autocast,
+                unsupported_reason(self),
+                args.capo_kl_max_scale if args.capo_kl_mode == "target" else 1.0,
+            )  # fmt: skip
+        self.capo_step = self._capo_new_step()
+        self.add_callback(
+            _StepBoundary(
+                self._capo_before_optimizer, self._capo_after_optimizer, self._capo_step_end
+            )
+        )
+
+    def _capo_new_step(self) -> CAPOStep:
+        vocab, hidden, dtype = self._capo_shape
+        args = self.args
+        return CAPOStep(
+            vocab, hidden, dtype, self.accelerator.device,
+            keep_hidden=args.capo_predicts_step_kl,
+            keep_accepted=args.capo_curvature_model and args.capo_global_shift,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------- batch building
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's rewards ([all ranks' completions, reward funcs]); kept for the REINFORCE advantages."""
+        """TRL's rewards ([all ranks' completions, reward funcs]), handed to the batch scope if open."""
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._capo_rewards_per_func = rewards
+        if self._capo_rewards.value is not None:
+            self._capo_rewards.value.append(rewards)
         return rewards
 
     def _generate_and_score_completions(self, inputs):
         """TRL's batch plus ``capo_completion_index`` / ``capo_group_ids``; REINFORCE: A = raw reward."""
-        out = super()._generate_and_score_completions(inputs)
+        with self._capo_rewards.holding([]) as rewards:
+            out = super()._generate_and_score_completions(inputs)
         n = out["completion_ids"].size(0)
         dev = out["completion_ids"].device
         start = self.accelerator.process_index * n
@@ -168,33 +201,29 @@ class CAPOTrainer(GRPOTrainer):
         gens = int(gens or 1)
         out["capo_completion_index"] = index
         out["capo_group_ids"] = torch.div(index, gens, rounding_mode="floor")
-        if self.args.capo_variant == "reinforce" and self._capo_rewards_per_func is not None:
-            per_func = self._capo_rewards_per_func
+        if self.args.capo_variant == "reinforce" and rewards:
+            per_func = rewards[-1]
             weights = self.reward_weights.to(per_func.device)
             reward = (per_func * weights[None]).nansum(dim=1)
             reward = torch.where(torch.isnan(per_func).all(dim=1), 0.0, reward)
             out["advantages"] = reward[start : start + n].to(out["advantages"])
-        self._capo_rewards_per_func = None
         return out
 
     # ------------------------------------------------------------------------------ the forward
     def _compute_loss(self, model, inputs):
-        """TRL's loss; flags the training forward so the log-prob override applies the CAPO mask."""
+        """TRL's loss; in training, the micro-batch scope makes the log-prob override apply the mask."""
         training = self._capo_training() and torch.is_grad_enabled()
+        capture = self.args.capo_curvature_model or self.args.capo_predicts_step_kl
         if training:
-            self._capo_acc.counts["completions"] += float(inputs["completion_ids"].size(0))
-            if self._capo_capture:
-                self._capo_pending = inputs
-        try:
+            self.capo_step.count_completions(inputs["completion_ids"].size(0))
+        with self._capo_forward.holding(inputs if training and capture else None):
             return super()._compute_loss(model, inputs)
-        finally:
-            self._capo_pending = None
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
     ):
         """TRL's log-probs; in the training forward, with the CAPO mask applied to their gradient."""
-        inputs, self._capo_pending = self._capo_pending, None
+        inputs = self._capo_forward.take()
         if inputs is None:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
@@ -204,10 +233,16 @@ class CAPOTrainer(GRPOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
         hidden = completion_hidden(cap.hidden, logits_to_keep)
+        valid = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            valid = valid & inputs["tool_mask"].bool()
+        micro_batch = MicroBatch(
+            input_ids[:, -int(logits_to_keep) :], valid, inputs["advantages"],
+            inputs.get("capo_group_ids"), inputs.get("capo_completion_index"), self._capo_lr(),
+            input_ids, attention_mask,
+        )  # fmt: skip
         with gathered_output_layer(self.accelerator.unwrap_model(model)):  # ZeRO-3: whole lm_head
-            keep, valid = self._capo_micro_batch(
-                model, hidden, input_ids, attention_mask, logits_to_keep, inputs
-            )
+            keep = self._capo_micro_batch(model, hidden, micro_batch)
         if keep is not None:
             per_completion_mean = self.args.capo_variant != "dr_grpo"
             c = loss_coefficients(keep, valid, per_completion_mean, logps.dtype)
@@ -231,63 +266,51 @@ class CAPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _capo_micro_batch(
-        self,
-        model: Any,
-        hidden: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        logits_to_keep: int,
-        inputs: dict[str, Any],
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Acceptance test of one micro-batch; returns (keep [B, K] or None if not masking, valid)."""
-        args, acc = self.args, self._capo_acc
-        valid = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            valid = valid & inputs["tool_mask"].bool()
-        weight, bias = output_layer(self.accelerator.unwrap_model(model))
-        if args.capo_predicts_step_kl:
-            if acc.head_before is None:
-                acc.head_before = (weight.clone(), None if bias is None else bias.clone())
-            acc.kl_inputs.append(
-                (input_ids, attention_mask, int(logits_to_keep), valid, hidden[valid])
-            )
-        if not self._capo_active:
-            return None, valid
-        lr = self._capo_lr()
-        acc.lr = lr
-        adv = inputs["advantages"]
-        adv = adv[:, None].expand(valid.shape) if adv.dim() == 1 else adv
-        completion_ids = input_ids[:, -int(logits_to_keep) :]
+        self, model: Any, hidden: torch.Tensor, mb: MicroBatch
+    ) -> torch.Tensor | None:
+        """Acceptance test, the seam, the step's record of one micro-batch; the keep mask or None."""
+        args, head = self.args, output_layer(self.accelerator.unwrap_model(model))
+        if not args.capo_curvature_model:
+            self.capo_step.add(mb, head, hidden=hidden[mb.completion_mask])
+            return None
         sel = accept_micro_batch(
             hidden,
-            completion_ids,
-            valid,
-            adv,
-            weight=weight,
-            bias=bias,
+            mb.completion_ids,
+            mb.completion_mask,
+            mb.token_advantages,
+            weight=head[0],
+            bias=head[1],
             support_size=args.capo_support_size,
             temperature=self.temperature,
-            step=self._capo_step_model(lr),
+            step=self._capo_step_model(mb.lr),
             thresholds=self.capo_thresholds,
             granularity=args.capo_granularity,
-            group_ids=inputs.get("capo_group_ids"),
+            group_ids=mb.group_ids,
             chunk_size=args.capo_chunk_size,
         )
-        applied_flat = sel.keep_flat if args.capo_enabled else sel.shifts.token_finite
-        acc.add_selection(sel, applied_flat)
-        part = last_layer_gradient(
-            sel.batch, applied_flat, reduction="sum", chunk_size=args.capo_chunk_size
-        )  # summed into one running part: O(U·H) memory whatever the number of micro-batches
-        dev = self.accelerator.device
-        acc.grad_parts = [
-            merge_rows([*acc.grad_parts, part], self._capo_hidden, self._capo_dtype, dev)
-        ]
-        if args.capo_global_shift:
-            acc.accepted.append(sel.batch.select_tokens(applied_flat))
+        keep, applied, kept = applied_mask(sel, self.token_mask(sel, mb), args.capo_enabled)
+        self.capo_step.add(mb, head, sel, applied, kept, chunk_size=args.capo_chunk_size)
         if self.capo_record is not None:
-            tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "advantages": adv}
-            _record_micro_batch(self.capo_record, inputs, tensors, lr, valid, sel.keep)
-        return (sel.keep if args.capo_enabled else None), valid
+            self.capo_record.append(mb.record(sel.keep if keep is None else keep))
+        return keep
+
+    def token_mask(
+        self, selection: MicroBatchSelection, micro_batch: MicroBatch
+    ) -> torch.Tensor | None:
+        """The seam: the [B, T] bool keep mask of one training micro-batch, or None for CAPO's own rule.
+
+        Called once per training micro-batch under no_grad, after the acceptance test and before the
+        gradient is accumulated, whenever the curvature model runs (``capo_enabled`` or
+        ``capo_track_shifts``); override it to apply another rule. ``selection``: the acceptance test's
+        :class:`~capo.masking.MicroBatchSelection` (valid and CAPO's keep masks, shifts, tokens with their
+        support; ``selection.sampled_prob()`` is each token's π(a), no new softmax). ``micro_batch``: the
+        :class:`~capo.optimizer_step.MicroBatch` of TRL inputs (advantages, masks, group ids, completion
+        index, η). A returned mask (within the valid tokens) is the mask applied: the loss coefficients,
+        the moments update's gradient rows, ``capo/global_m_*`` and the rejection metrics follow it, with
+        or without ``capo_enabled``. None: CAPO's keep mask; with ``capo_enabled=False`` no mask (every
+        finite token tracked, CAPO's would-be rejection logged).
+        """
+        return None
 
     # ------------------------------------------------------------------------- step boundary
     def _capo_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -295,78 +318,42 @@ class CAPOTrainer(GRPOTrainer):
             return t
         return self.accelerator.reduce(t, reduction="sum")
 
+    def _capo_before_optimizer(self) -> None:
+        if self._capo_kl is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            self._capo_kl.before_optimizer_step(
+                self.capo_step, model, self.optimizer, self._capo_reduce
+            )
+
+    def _capo_after_optimizer(self) -> None:
+        if self._capo_kl is not None:
+            self._capo_kl.after_optimizer_step(self.optimizer)
+
     @torch.no_grad()
     def _capo_step_end(self) -> None:
-        """After the optimizer step, on every rank: reduce, update the moments, log (module doc)."""
-        acc, self._capo_acc = self._capo_acc, StepRecord()
-        dev = self.accelerator.device
-        host = torch.tensor([acc.counts[k] for k in HOST_COUNTS], dtype=torch.float64, device=dev)
-        on_device = acc.device_counts
-        if on_device is None:
-            on_device = torch.zeros(len(DEVICE_COUNTS), dtype=torch.float64, device=dev)
-        counts = torch.cat([host, on_device.to(dev)])  # one all-reduce for every count
-        totals = dict(zip(COUNTS, self._capo_reduce(counts).tolist(), strict=True))
-        all_rejected = totals["all_rejected"]
+        """After the optimizer step, on every rank: finish the step, log, begin the next one."""
+        step, self.capo_step = self.capo_step, self._capo_new_step()
+        args, reduce = self.args, self._capo_reduce
+        totals = step.reduce_counts(reduce)  # one all-reduce for every count
         self.capo_completions_seen += int(totals["completions"])
         logged: dict[str, float] = {metrics.COMPLETIONS_SEEN: float(self.capo_completions_seen)}
-        if self._capo_active:
-            logged.update(self._capo_update(acc, totals, dev))
-            logged[metrics.ALL_REJECTED_MICROBATCHES] = all_rejected
+        if args.capo_curvature_model:
+            gather, lr = self.accelerator.gather, self._capo_lr()
+            finished = step.finish(
+                totals, reduce, gather, self._capo_step_model, self.capo_moments, lr,
+                args.capo_global_shift, args.capo_chunk_size,
+            )  # fmt: skip
+            logged.update(finished)
         if self._capo_kl is not None:
             logged.update(self._capo_kl.pop_metrics())
-        if self.args.capo_log_true_kl:
-            logged.update(self._capo_true_kl(acc, dev))
+        if args.capo_log_true_kl:
+            model = self.accelerator.unwrap_model(self.model)
+            autocast = self.accelerator.autocast
+            logged.update(
+                step.true_kl(model, self.temperature, autocast, reduce, gathered_output_layer)
+            )
         for name, value in logged.items():
             self._metrics["train"][name].append(value)
-
-    def _capo_update(
-        self, acc: StepRecord, totals: dict[str, float], dev: torch.device
-    ) -> dict[str, float]:
-        """Global accepted gradient -> global shifts, moments update; the step's shift statistics."""
-        valid = max(totals["valid"], 1.0)
-        out = {
-            metrics.REJECTION_RATE: totals["rejected"] / valid,
-            metrics.REJECTION_RATE_HESSIAN: totals["rej_hessian"] / valid,
-            metrics.REJECTION_RATE_FISHER: totals["rej_fisher"] / valid,
-            metrics.NONFINITE_TOKENS: totals["nonfinite"],
-            metrics.ACCEPTED_TOKENS: totals["applied"],
-        }
-        ids, rows = merge_rows(acc.grad_parts, self._capo_hidden, self._capo_dtype, dev)
-        acc.grad_parts.clear()  # free each buffer once used: the step end's memory peak is here
-        union, grad_sum = allreduce_sparse_rows(ids, rows, self._capo_vocab, self._capo_reduce)
-        del ids, rows
-        n_acc = round(totals["applied"])
-        grad = grad_sum.div_(max(n_acc, 1))
-        lr = acc.lr if acc.lr is not None else self._capo_lr()
-        chunk = self.args.capo_chunk_size or 256
-        if self.args.capo_global_shift:
-            step = self._capo_step_model(lr)
-            m_h, m_f = global_shifts(
-                step, union, grad, acc.accepted, n_acc, self._capo_reduce, chunk
-            )
-            out[metrics.GLOBAL_M_H], out[metrics.GLOBAL_M_F] = m_h, m_f
-        if self.capo_moments is not None:
-            self.capo_moments.update(union, grad)
-        gather = self.accelerator.gather
-        empty = torch.empty(0, device=dev)
-        m_h_all = gather_values(torch.cat(acc.m_h) if acc.m_h else empty, gather)
-        m_f_all = gather_values(torch.cat(acc.m_f) if acc.m_f else empty, gather)
-        out.update(shift_stats(metrics.M_H, m_h_all))
-        out.update(shift_stats(metrics.M_F, m_f_all))
-        return out
-
-    def _capo_true_kl(self, acc: StepRecord, dev: torch.device) -> dict[str, float]:
-        """Measured mean KL(π_before || π_after) of the step (all ranks) and its head-only part."""
-        total = torch.zeros(3, dtype=torch.float64, device=dev)
-        if acc.head_before is not None:
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            autocast, tau = self.accelerator.autocast, self.temperature
-            with gathered_output_layer(unwrapped):
-                total = step_kl_sums(unwrapped, acc.kl_inputs, acc.head_before, tau, autocast)
-            total = total.to(dev)
-        kl, head, n = self._capo_reduce(total).tolist()
-        n = n or math.nan  # no token on any rank: nan
-        return {metrics.TRUE_KL: kl / n, metrics.TRUE_KL_HEAD: head / n}
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):

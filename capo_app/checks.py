@@ -124,7 +124,7 @@ def check_training(script_args: Any, config: Any) -> None:
             f"num_generations must be >= 2 (advantages compare completions of one prompt), got "
             f"{config.num_generations}"
         )
-    if (config.capo_enabled or config.capo_track_shifts) and config.capo_support_size < 2:
+    if config.capo_curvature_model and config.capo_support_size < 2:
         raise UsageError(
             f"capo_support_size {config.capo_support_size} keeps only the sampled token, so every m_H and "
             "m_F is 0 and CAPO masks nothing; use >= 2"

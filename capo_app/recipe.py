@@ -22,27 +22,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
-from capo.methods import METHODS as REGISTRY
-from capo.methods import Method, method_of, normalize_method
+from capo.methods import PRESETS, Method, method_of, normalize_method
 
 if TYPE_CHECKING:
     from capo.config import CAPOConfig
 
 EMBEDDED_TINY = "embedded-tiny"
 SYNTHETIC = "synthetic"
-
-
-def preset(method: Method) -> dict[str, Any]:
-    """The ``CAPOConfig`` fields a method shortcut sets: variant, masking switch and the paper's thresholds."""
-    out: dict[str, Any] = {"capo_variant": method.variant, "capo_enabled": method.masking}
-    if method.thresholds is not None:
-        t = method.thresholds
-        out.update(hessian_low=t.hessian_low, hessian_high=t.hessian_high, fisher_max=t.fisher_max)
-    return out
-
-
-#: The six methods of the paper as presets of one trainer (from the registry :data:`capo.methods.METHODS`).
-METHODS: dict[str, dict[str, Any]] = {key: preset(m) for key, m in REGISTRY.items()}
 
 
 #: ``capo train`` with no arguments: CAPO on the embedded tiny Qwen2 model and the synthetic arithmetic task, an
@@ -279,10 +265,10 @@ def layered_defaults(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], st
     if known.method is not None:
         method = check_method(known.method)
         assert method is not None
-        defaults = {**base, **recipe, **METHODS[method], "method": method}
+        defaults = {**base, **recipe, **PRESETS[method], "method": method}
     else:
         method = check_method(recipe.get("method", base.get("method")))
-        preset = METHODS[method] if method is not None else {}
+        preset = PRESETS[method] if method is not None else {}
         defaults = {**base, **preset, **recipe}
         if method is not None:
             defaults["method"] = method

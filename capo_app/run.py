@@ -63,9 +63,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_support_fits(config: CAPOConfig, vocabulary_size: int) -> None:
-    if (
-        config.capo_enabled or config.capo_track_shifts
-    ) and config.capo_support_size > vocabulary_size:
+    if config.capo_curvature_model and config.capo_support_size > vocabulary_size:
         raise UsageError(
             f"capo_support_size {config.capo_support_size} exceeds the vocabulary size {vocabulary_size}"
         )

@@ -4,10 +4,11 @@
 whole update (old hidden states, new head). ``full``: every parameter is trained. Both use the synthetic
 arithmetic task (:mod:`capo_app.data`) and its held-out test problems (greedy accuracy, the score).
 
-Arms with ``random`` or ``group`` masking train through :class:`StudyTrainer`, a CAPOTrainer whose
-micro-batch hook replaces the (absent) CAPO mask by the arm's rule; every arm records its rejection by
-sign(A) × π_a bucket there, and the GRPO (A) arms keep a sample of token m_F / m_H for the percentile
-thresholds. Nothing in :mod:`capo` is changed.
+Every arm trains through :class:`StudyTrainer`, a CAPOTrainer that overrides the public mask seam
+:meth:`capo.CAPOTrainer.token_mask` only: ``random`` and ``group`` arms return their rule's mask (so the
+moments, ``capo/global_m_F`` and the rejection metrics follow the mask applied), the others return None
+(CAPO's own rule, or no mask). There every arm records its rejection by sign(A) × π_a bucket (π_a from
+the support the step already computed), and a sample of token m_F / m_H for the percentile thresholds.
 """
 
 from __future__ import annotations
@@ -91,11 +92,7 @@ def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> di
     }
     if arm.masking == "capo":
         assert arm.thresholds is not None, "percentile thresholds are resolved before the run"
-        values.update(
-            hessian_low=arm.thresholds.hessian_low,
-            hessian_high=arm.thresholds.hessian_high,
-            fisher_max=arm.thresholds.fisher_max,
-        )
+        values.update(arm.thresholds.as_dict())
     if (
         arm.kl_budget is not None
     ):  # exact lookahead KL: the last-layer prediction misses the backbone
@@ -128,56 +125,71 @@ def _rule(arm: Arm, rates: list[float] | None, seed: int) -> Rule | None:
 
 
 def _study_trainer_class() -> type:
-    """CAPOTrainer plus the study's hook (imported lazily: trl is loaded only for LLM regimes)."""
+    """CAPOTrainer plus the study's mask rule (imported lazily: trl is loaded only for LLM regimes)."""
     import torch
+    from transformers import TrainerCallback
 
-    from capo.hidden_capture import output_layer
     from capo.trainer import CAPOTrainer
 
     class StudyTrainer(CAPOTrainer):
-        """Applies ``study_rule`` as the token mask and records rejection by group and token shifts."""
+        """Applies ``study_rule`` through the public mask seam; records rejection by group and token shifts.
+
+        Per optimizer step ``study_log`` gets one dict: rejected / total valid tokens per token group
+        (``rej``, ``tot``), ``n_valid``, ``n_rejected``, and a sample of token ``m_F`` / ``m_H``.
+        """
 
         study_rule: Rule | None = None
         study_samples: int = 200
 
-        def _capo_micro_batch(
-            self, model, hidden, input_ids, attention_mask, logits_to_keep, inputs
-        ):
-            keep, valid = super()._capo_micro_batch(
-                model, hidden, input_ids, attention_mask, logits_to_keep, inputs
-            )
-            with torch.no_grad():
-                weight, bias = output_layer(self.accelerator.unwrap_model(model))
-                logits = (hidden.float() @ weight.float().T) / float(self.temperature)
-                if bias is not None:
-                    logits = logits + bias.float() / float(self.temperature)
-                ids = input_ids[:, -int(logits_to_keep) :]
-                pi_a = torch.softmax(logits, dim=-1).gather(-1, ids[..., None])[..., 0]
-            adv_t = inputs["advantages"]
-            adv_t = adv_t[:, None].expand(valid.shape) if adv_t.dim() == 1 else adv_t
-            adv, p, v = adv_t.float().cpu().numpy(), pi_a.cpu().numpy(), valid.cpu().numpy()
-            step = int(self.state.global_step)
-            if self.study_rule is not None:
-                keep = torch.from_numpy(self.study_rule(v, adv, p, step)).to(valid.device)
-            applied = v if keep is None else keep.cpu().numpy() & v
-            rej, tot = rejection_by_group(v, applied, adv, p)
-            acc = self.__dict__.setdefault("_study_acc", {"rej": np.zeros(6), "tot": np.zeros(6)})
-            acc["rej"] += rej
-            acc["tot"] += tot
-            acc["n_valid"] = acc.get("n_valid", 0) + int(v.sum())
-            acc["n_rejected"] = acc.get("n_rejected", 0) + int((v & ~applied).sum())
-            if self._capo_acc.m_f:
-                take = slice(0, self.study_samples)
-                acc.setdefault("m_F", []).extend(self._capo_acc.m_f[-1][take].tolist())
-                acc.setdefault("m_H", []).extend(self._capo_acc.m_h[-1][take].tolist())
-            return keep, valid
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.study_log: list[dict[str, Any]] = []
+            self.study_step = _study_step()
+            trainer = self
 
-        def _capo_step_end(self) -> None:
-            super()._capo_step_end()
-            acc = self.__dict__.pop("_study_acc", None) or {}
-            self.__dict__.setdefault("study_log", []).append(acc)
+            class CloseStep(TrainerCallback):
+                def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                    trainer.study_log.append(trainer.study_step)
+                    trainer.study_step = _study_step()
+
+            self.add_callback(CloseStep())
+
+        def token_mask(self, selection: Any, micro_batch: Any) -> Any:
+            """The arm's rule on (valid, A, π_a, step); None (CAPO's own rule) for rule-less arms."""
+            v = selection.valid.cpu().numpy()
+            adv = micro_batch.token_advantages.float().cpu().numpy()
+            p = selection.sampled_prob().float().cpu().numpy()  # π_a from the step's own support
+            keep = None
+            if self.study_rule is not None:
+                keep = self.study_rule(v, adv, p, int(self.state.global_step)) & v
+                applied = keep
+            else:
+                applied = selection.keep.cpu().numpy() if self.args.capo_enabled else v
+            rec = self.study_step
+            rej, tot = rejection_by_group(v, applied, adv, p)
+            rec["rej"] += rej
+            rec["tot"] += tot
+            rec["n_valid"] += int(v.sum())
+            rec["n_rejected"] += int((v & ~applied).sum())
+            ok = selection.shifts.valid
+            take = slice(0, self.study_samples)
+            rec["m_F"].extend(selection.shifts.m_F[ok].float()[take].tolist())
+            rec["m_H"].extend(selection.shifts.m_H[ok].float()[take].tolist())
+            return None if keep is None else torch.from_numpy(keep).to(selection.valid.device)
 
     return StudyTrainer
+
+
+def _study_step() -> dict[str, Any]:
+    """An empty per-step record of :class:`StudyTrainer`."""
+    return {
+        "rej": np.zeros(6),
+        "tot": np.zeros(6),
+        "n_valid": 0,
+        "n_rejected": 0,
+        "m_F": [],
+        "m_H": [],
+    }
 
 
 def _freeze_backbone(model: Any) -> None:
@@ -204,7 +216,7 @@ def _step_logs(trainer: Any, per_step: int) -> dict[str, list[Any]]:
     from capo_app.report import history_from_log_history
 
     history = history_from_log_history(trainer.state.log_history, per_step)
-    study = trainer.__dict__.get("study_log", [])
+    study = trainer.study_log
     names = {
         "train_reward": "reward",
         "entropy": "entropy",

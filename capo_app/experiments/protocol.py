@@ -87,17 +87,20 @@ class RegimeConfig:
     kl_budgets: tuple[float, ...] = ()
 
 
+def last_fifth_mean(values: Any) -> float:
+    """The mean of the last 20% of ``values`` (round(0.2 n), at least the last one): the study's one tail."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[-max(1, round(0.2 * v.shape[0])) :].mean())
+
+
 def final(record: dict[str, Any]) -> float:
     """The run's final score: mean of the last 20% of its evaluations (at least the last one)."""
-    scores = np.asarray(record["score"][1:], dtype=np.float64)
-    n = max(1, round(0.2 * scores.shape[0]))
-    return float(scores[-n:].mean())
+    return last_fifth_mean(record["score"][1:])
 
 
 def crashed(record: dict[str, Any]) -> bool:
     """Final score below base − :data:`CRASH_MARGIN`, or training reward ~0 over the last 20% of steps."""
-    rewards = np.asarray(record["train_reward"], dtype=np.float64)
-    tail = float(rewards[-max(1, round(0.2 * rewards.shape[0])) :].mean())
+    tail = last_fifth_mean(record["train_reward"])
     return final(record) < record["score"][0] - CRASH_MARGIN or tail <= NEAR_ZERO_REWARD
 
 
@@ -246,7 +249,7 @@ def _tune_lr(runs: _Runs, res: RegimeResult, opt: str) -> list[dict[str, Any]]:
             runs.get(Arm(f"{opt}/grpo_a", opt), lr, s, tag=f"-tune-lr{lr:g}") for s in seeds
         ]
         for rec in by_lr[lr]:
-            tail = float(np.mean(rec["train_reward"][-max(1, len(rec["train_reward"]) // 5) :]))
+            tail = last_fifth_mean(rec["train_reward"])
             res.lr_sweep.append(
                 {
                     "optimizer": opt,
@@ -281,11 +284,7 @@ def _select_best(runs: _Runs, res: RegimeResult, opt: str, tuning: list[dict[str
             thresholds=percentile_thresholds(tuning, p, False),
         )
         recs = [runs.get(arm, res.lr[opt], s, tag="-tune") for s in runs.cfg.tuning_seeds]
-        scores[p] = float(
-            np.mean(
-                [np.mean(r["train_reward"][-max(1, len(r["train_reward"]) // 5) :]) for r in recs]
-            )
-        )
+        scores[p] = float(np.mean([last_fifth_mean(r["train_reward"]) for r in recs]))
     res.best[opt] = max(scores, key=lambda p: (scores[p], p))
 
 
@@ -298,13 +297,7 @@ def _resolve(arm: Arm, tuning: dict[str, list[dict[str, Any]]]) -> Arm:
 
 
 def _thresholds_data(t: Thresholds | None) -> dict[str, float | None]:
-    if t is None:
-        return {}
-    return {
-        "hessian_low": t.hessian_low,
-        "hessian_high": t.hessian_high,
-        "fisher_max": t.fisher_max,
-    }
+    return {} if t is None else t.as_dict()
 
 
 def _compact(rec: dict[str, Any]) -> dict[str, Any]:

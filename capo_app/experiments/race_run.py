@@ -151,6 +151,8 @@ def _overrides(setup: RaceSetup, arm: RaceArm, seed: int, out: Path) -> dict[str
         values.update(
             capo_kl_budget=arm.kl_delta, capo_kl_model="lookahead", capo_kl_backtrack=True
         )
+    if arm.control_of is not None:  # the seam runs where the curvature model does
+        values["capo_track_shifts"] = True
     if arm.kind == "kl_target":
         values.update(capo_kl_mode="target", capo_kl_max_scale=arm.s_max)
     if setup.tiny_cache_dir is not None:
@@ -183,12 +185,14 @@ def _trainer_class(rates: Sequence[float] | None, seed: int) -> type:
     class RandomMaskTrainer(CAPOTrainer):  # type: ignore[misc]
         """Rejects CAPO's realised per-step rate of A ≠ 0 tokens, uniformly at random."""
 
+        mask_calls = 0
+
         def token_mask(self, selection: Any, micro_batch: Any) -> torch.Tensor | None:
             valid = selection.valid.cpu().numpy().astype(bool)
-            adv = selection.advantages.float().cpu().numpy()
-            adv = np.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, valid.shape)
+            adv = micro_batch.token_advantages.float().cpu().numpy()
             step = min(int(self.state.global_step), len(step_rates) - 1)
-            keep = random_reject(valid, adv, step_rates[step], rng)
+            keep = random_reject(valid, np.broadcast_to(adv, valid.shape), step_rates[step], rng)
+            self.mask_calls += 1
             return torch.from_numpy(keep).to(selection.valid.device)
 
     return RandomMaskTrainer
@@ -252,6 +256,8 @@ def run_race(
     measure(0)
     trainer.train()
     measure(int(trainer.state.global_step))
+    if rates is not None and not getattr(trainer, "mask_calls", 0):
+        raise RuntimeError(f"{arm.name}: the token_mask seam was never called")
     history = history_from_log_history(trainer.state.log_history, per_step)
     record: dict[str, Any] = {"arm": arm.name, "kind": arm.kind, "seed": seed}
     record["lr"], record["completions_per_step"] = arm_lr(setup, arm), per_step

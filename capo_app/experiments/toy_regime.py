@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 
 import capo
+from capo.shifts import fisher_quadratic, policy_error
 from capo_app.experiments.arms import Arm, group_keep, random_keep, rejection_by_group
 from reference.steps import DenseAdamState, DenseAdamStep
 from toy_mdps.prefix_tree import ArithmeticTree, TaskSpec, arithmetic_tree
@@ -158,8 +159,7 @@ def _gradients(tokens: tuple[Any, ...], keep: Any, horizon: int) -> tuple[Array,
     kept = keep.reshape(-1, horizon)
     n_completions = kept.shape[0]
     weight = np.where(kept, 1.0 / (n_completions * np.maximum(kept.sum(axis=1), 1))[:, None], 0.0)
-    u = -pi.copy()
-    u[np.arange(a.shape[0]), a] += 1.0
+    u = policy_error(torch.from_numpy(pi), torch.from_numpy(a)).numpy()  # e_a − π
     grad = ((weight.ravel() * adv)[:, None] * u).T @ h
     mean_kept = ((adv * keep)[:, None] * u).T @ h / max(int(keep.sum()), 1)
     return grad, mean_kept
@@ -167,8 +167,8 @@ def _gradients(tokens: tuple[Any, ...], keep: Any, horizon: int) -> tuple[Array,
 
 def _predicted_kl(delta: Array, h: Array, pi: Array) -> float:
     """Mean over the sampled tokens of ½ δᵀ F δ, δ = ΔW h, F = diag(π) − ππᵀ (eqs 57, 58)."""
-    d = h @ delta.T
-    return float(np.mean(0.5 * ((pi * d**2).sum(axis=1) - (pi * d).sum(axis=1) ** 2)))
+    d = torch.from_numpy(h @ delta.T)
+    return float((0.5 * fisher_quadratic(torch.from_numpy(pi), d)).mean())
 
 
 def _train_step(
@@ -240,7 +240,9 @@ def run_toy(
         DenseAdamState(K, tree.dim, setup.betas, setup.eps),
         capo.SparseAdamMoments(K, tree.dim, betas=setup.betas, eps=setup.eps),
         np.random.default_rng([seed, 3]),
-        np.random.default_rng([seed, 4]),  # the random mask's own stream: sampling stays the CAPO arm's
+        np.random.default_rng(
+            [seed, 4]
+        ),  # the random mask's own stream: sampling stays the CAPO arm's
     )
     probs = tree.probs(W)
     J, d = tree.evaluate(probs)

@@ -132,7 +132,8 @@ def judge(
         reach = _reach(res.runs[arm["name"]], target) if ref else None
         ref_reach = _reach(res.runs[ref["name"]], target) if ref else None
         c["completions_to_target"], c["lower_lr_completions"] = reach, ref_reach
-        above = ref is not None and target > ref["base"]  # an arm that never moves cannot "reach" it
+        # a target at or below the base is "reached" by an arm that never moves: C3 needs it above
+        above = ref is not None and target > ref["base"]
         c["C3"] = bool(above and reach is not None and (ref_reach is None or reach < ref_reach))
         checks.append(c)
     if v1 and v2 and any(c["C1"] and c["C2"] and c["C3"] for c in checks):

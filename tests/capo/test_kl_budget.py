@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -26,27 +27,65 @@ def kl_history(trainer) -> list[dict[str, float]]:
     return [h for h in trainer.state.log_history if metrics.KL_SCALE in h]
 
 
-def test_prospective_params_equal_the_optimizers_step():
-    """θ' formed from the state equals torch's own step (AdamW + amsgrad, Adam L2, SGD Nesterov)."""
-    torch.manual_seed(0)
-    cases = [
-        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.3, amsgrad=True),
-        lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.3, foreach=True),
-        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.2),
-        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.5, dampening=0.3, maximize=True),
+IMPLEMENTATIONS = [{}, {"foreach": True}, {"fused": True}]
+ADAM_CASES = [
+    (cls, dict(amsgrad=ams, maximize=mx, weight_decay=wd, **extra, **impl))
+    for cls, extra in [
+        (torch.optim.Adam, {}),
+        (torch.optim.Adam, {"decoupled_weight_decay": True}),
+        (torch.optim.AdamW, {}),
     ]
-    for make in cases:
-        params = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(2)]
-        opt = make(params)
-        for _ in range(3):  # the first step (empty state) and later ones
-            for p in params:
-                p.grad = torch.randn_like(p)
-            predicted = [new for _, new in prospective_params(opt, lr_scale=0.7)]
-            opt.param_groups[0]["lr"] *= 0.7
-            opt.step()
-            opt.param_groups[0]["lr"] /= 0.7
-            for p, new in zip(params, predicted, strict=True):
-                torch.testing.assert_close(new, p.detach(), rtol=EXACT_RTOL, atol=EXACT_ATOL)
+    for ams, mx, wd, impl in itertools.product(
+        (False, True), (False, True), (0.0, 0.3), IMPLEMENTATIONS
+    )
+]
+SGD_CASES = [
+    (
+        torch.optim.SGD,
+        dict(momentum=m, dampening=d, nesterov=n, maximize=mx, weight_decay=wd, **impl),
+    )
+    for m, d, n, mx, wd, impl in itertools.product(
+        (0.0, 0.9), (0.0, 0.3), (False, True), (False, True), (0.0, 0.2), IMPLEMENTATIONS
+    )
+    if not (n and (m == 0.0 or d != 0.0))  # torch: Nesterov needs momentum and zero dampening
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "flags"),
+    ADAM_CASES + SGD_CASES,
+    ids=lambda x: getattr(x, "__name__", None) or ",".join(f"{k}={v}" for k, v in x.items()),
+)
+def test_prospective_params_equal_the_optimizers_step(cls, flags):
+    """θ' formed from the state equals torch's own step, for every flag combination the budget accepts."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(2)]
+    opt = cls(params, lr=0.1, **flags)
+    for _ in range(3):  # the first step (empty state) and later ones
+        for p in params:
+            p.grad = torch.randn_like(p)
+        predicted = [new for _, new in prospective_params(opt, lr_scale=0.7)]
+        opt.param_groups[0]["lr"] *= 0.7
+        opt.step()
+        opt.param_groups[0]["lr"] /= 0.7
+        for p, new in zip(params, predicted, strict=True):
+            torch.testing.assert_close(new, p.detach(), rtol=EXACT_RTOL, atol=EXACT_ATOL)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda ps: torch.optim.Adam(ps, capturable=True), "capturable"),
+        (lambda ps: torch.optim.AdamW(ps, differentiable=True), "differentiable"),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, differentiable=True), "differentiable"),
+        (lambda ps: type("MyAdam", (torch.optim.Adam,), {})(ps), "MyAdam"),
+        (lambda ps: torch.optim.NAdam(ps), "NAdam"),
+    ],
+)
+def test_flags_and_optimizers_the_step_does_not_model_are_refused(make, match):
+    opt = make([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=match):
+        list(prospective_params(opt))
 
 
 def test_parameters_moved_restores_bit_exactly():

@@ -90,10 +90,12 @@ def test_quick_race_writes_the_report_results_and_raw_records(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert {"base_score", "target", "verdict", "arms"} <= res.keys()
     kinds = {a["kind"] for a in res["arms"]}
-    assert {"conservative", "grpo_a", "capo", "kl_cap", "kl_target", "lower_lr"} <= kinds
+    assert {"conservative", "grpo_a", "capo", "random", "kl_cap", "kl_target", "lower_lr"} <= kinds
     for arm in res["arms"]:
         for seed in arm["seeds"]:
             assert {"seed", "final_score", "crashed", "completions_to_target"} <= seed.keys()
+    random = next(a for a in res["arms"] if a["kind"] == "random")
+    assert all(s["rejection_mean"] is not None for s in random["seeds"])  # the seam applied its mask
     assert (tmp_path / "race_accuracy.png").exists() and (tmp_path / "raw").is_dir()
     report = (tmp_path / "report.md").read_text()
     assert "QUICK SMOKE RUN" in report and "Criteria" in report

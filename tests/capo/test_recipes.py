@@ -4,8 +4,9 @@ import pytest
 import yaml
 
 from capo.methods import PAPER_THRESHOLDS
+from capo.methods import PRESETS as METHODS
 from capo_app.cli import main as capo_main
-from capo_app.recipe import METHODS, TINY_DEFAULTS
+from capo_app.recipe import TINY_DEFAULTS
 
 
 def main(argv):

@@ -7,9 +7,10 @@ import yaml
 
 from capo.config import CAPO_VARIANTS
 from capo.methods import PAPER_THRESHOLDS
+from capo.methods import PRESETS as METHODS
 from capo_app.cli import main as capo_main
 from capo_app.data import make_arithmetic_dataset
-from capo_app.recipe import METHODS, TINY_DEFAULTS, check_method, parse_recipe
+from capo_app.recipe import TINY_DEFAULTS, check_method, parse_recipe
 
 # method -> (variant, masking on, key of the paper's thresholds)
 EXPECTED = {
