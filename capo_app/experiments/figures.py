@@ -76,7 +76,7 @@ def _kl(ax: Any, regime: str, runs: dict[str, list[dict[str, Any]]]) -> None:
             ax.scatter(x, y, s=4, marker=marker, color=color, alpha=0.3, label=key)
     ax.plot([1e-12, 1e3], [1e-12, 1e3], "k--", lw=0.8, label="y = x")
     ax.set(xscale="log", yscale="log", title=f"{regime}: predicted vs measured KL per step",
-           xlabel="predicted (kl_predicted: ½vᵀFv, all tokens; global_m_F: kept tokens)",
+           xlabel="predicted (kl_predicted: ½vᵀFv, all tokens; global_m_F: kept tokens, all tokens without CAPO masking)",
            ylabel="measured KL")  # fmt: skip
     ax.legend(fontsize=6)
 

@@ -79,7 +79,11 @@ def _kl_agreement(res: RegimeResult) -> list[str]:
     for key, measured, what in (
         ("kl_predicted", "true_kl", "½vᵀFv of the step taken (all tokens) vs the measured KL"),
         ("kl_predicted", "true_kl_head", "½vᵀFv vs the measured head-only KL (old hidden states)"),
-        ("global_m_F", "true_kl", "the paper's global m_F (kept tokens) vs the measured KL"),
+        (
+            "global_m_F",
+            "true_kl",
+            "the paper's global m_F (kept tokens; all tokens for arms without CAPO masking) vs the measured KL",
+        ),
     ):
         pairs = np.asarray(
             [

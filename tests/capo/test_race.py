@@ -95,7 +95,9 @@ def test_quick_race_writes_the_report_results_and_raw_records(tmp_path):
         for seed in arm["seeds"]:
             assert {"seed", "final_score", "crashed", "completions_to_target"} <= seed.keys()
     random = next(a for a in res["arms"] if a["kind"] == "random")
-    assert all(s["rejection_mean"] is not None for s in random["seeds"])  # the seam applied its mask
+    assert all(
+        s["rejection_mean"] is not None for s in random["seeds"]
+    )  # the seam applied its mask
     assert (tmp_path / "race_accuracy.png").exists() and (tmp_path / "raw").is_dir()
     report = (tmp_path / "report.md").read_text()
     assert "QUICK SMOKE RUN" in report and "Criteria" in report
