@@ -89,9 +89,16 @@ def verify(session: nox.Session) -> None:
 
 @nox.session
 def experiment(session: nox.Session) -> None:
-    """Mechanism study (toy MDP, head-only and full tiny LLM): outputs/mechanism; ``-- --quick`` < 60 s."""
+    """Mechanism study (toy MDP, head-only and full tiny LLM): outputs/mechanism; ``-- --quick`` < 60 s.
+
+    ``-- --regime race [--quick | --report-only | --worker]``: the race (docs/race), resumable run by run.
+    """
     install_project(session, "train,dev")
     args = session.posargs or ["--out", "outputs/mechanism"]
+    if args[:2] == ["--regime", "race"]:
+        module = "capo_app.experiments.race"
+        session.run("python", "-m", module, *args[2:], env={"OMP_NUM_THREADS": "1"})
+        return
     session.run("python", "-m", "capo_app.experiments.study", *args, env={"OMP_NUM_THREADS": "1"})
 
 
