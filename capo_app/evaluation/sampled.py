@@ -118,7 +118,9 @@ def sampled_accuracy(
         from capo_app.rewards import score_answer
 
         score = score_answer
-    options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": False}
+    options: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": False,
+    }  # fmt: skip
     samples = generate_hf(  # its own RNG stream: training's state is left untouched
         model, tokenizer, prompts, n_samples=k, temperature=temperature, seed=seed, **options
     )

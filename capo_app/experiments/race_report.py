@@ -163,19 +163,19 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
         greedy = [x["final_greedy"] for x in s if x["final_greedy"] is not None]
         rej = [x["rejection_mean"] for x in s if x["rejection_mean"] is not None]
         kl = [x["true_kl_median"] for x in s if x["true_kl_median"] is not None]
-        lines.append(
-            f"| {arm['label']} (`{arm['name']}`) | {arm_lr(FULL.setup, a):g} | "
-            f"{completions_per_step(FULL.setup, a)} | {len(s)} | "
-            f"{_fmt(*_mean_se([x['final_score'] for x in s]))} | "
-            f"{_fmt(*_mean_se(greedy)) if greedy else '—'} | "
-            f"{_fmt(*_mean_se([x['final_pass_at_k'] for x in s]))} | "
-            f"{sum(x['crashed'] for x in s)}/{len(s)} | "
-            f"{np.mean(rej):.3f} | {np.median(kl):.2e} |"
-            if rej and kl
-            else f"| {arm['label']} (`{arm['name']}`) | | | {len(s)} | "
-            f"{_fmt(*_mean_se([x['final_score'] for x in s]))} | | | "
-            f"{sum(x['crashed'] for x in s)}/{len(s)} | | |"
-        )
+        cells = [
+            f"{arm['label']} (`{arm['name']}`)",
+            f"{arm_lr(FULL.setup, a):g}",
+            str(completions_per_step(FULL.setup, a)),
+            str(len(s)),
+            _fmt(*_mean_se([x["final_score"] for x in s])),
+            _fmt(*_mean_se(greedy)) if greedy else "—",
+            _fmt(*_mean_se([x["final_pass_at_k"] for x in s])),
+            f"{sum(x['crashed'] for x in s)}/{len(s)}",
+            f"{np.mean(rej):.3f}" if rej else "— (no mask)",
+            f"{np.median(kl):.2e}" if kl else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Completions to the target ({res['target']:.3f}, conservative GRPO's final score)\n",

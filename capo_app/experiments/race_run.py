@@ -182,7 +182,7 @@ def _trainer_class(rates: Sequence[float] | None, seed: int) -> type:
     rng = np.random.default_rng([seed, RANDOM_STREAM])
     step_rates = list(rates)
 
-    class RandomMaskTrainer(CAPOTrainer):  # type: ignore[misc]
+    class RandomMaskTrainer(CAPOTrainer):
         """Rejects CAPO's realised per-step rate of A ≠ 0 tokens, uniformly at random."""
 
         mask_calls = 0
@@ -247,7 +247,7 @@ def run_race(
         )  # fmt: skip
         evals.append({"step": step, "completions": step * per_step, **score.to_json()})
 
-    class Evaluate(TrainerCallback):  # type: ignore[misc]
+    class Evaluate(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step in at and state.global_step < state.max_steps:
                 measure(state.global_step)
