@@ -61,7 +61,7 @@ class RaceConfig:
     setup: RaceSetup
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     tuning_seeds: tuple[int, ...] = (1000, 1001)
-    secondary_seeds: tuple[int, ...] = (1, 2, 3)
+    secondary_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     label: str = ""
 
 

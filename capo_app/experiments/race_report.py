@@ -66,11 +66,20 @@ seeds 1-5: the issue's one-seed CLI runs (seed 0) and this race's tuning runs (s
 
 CUTS = """\
 Cut to fit about 90 minutes of two shared cores: the secondary arms (random-mask control, GRPO (A) at lr ×0.5
-and ×0.2) run on 3 evaluation seeds (1-3), the primary arms on 5; no Dr.CAPO / ReinCAPO arms; no SGD arms and no
+and ×0.2) were planned on 3 evaluation seeds (1-3), the primary arms on 5 (the machine turned out faster than
+planned, so the secondary arms were extended to seeds 4-5: see the changes to the protocol); no Dr.CAPO / ReinCAPO arms; no SGD arms and no
 no-update control (the mechanism study's SGD finding is stated from its own data); one evaluation every 50 steps
 (the completions-to-target resolution is 400 completions for aggressive arms, 4,800 for conservative GRPO)."""
 
-PROTOCOL_CHANGES: tuple[str, ...] = ()
+PROTOCOL_CHANGES: tuple[str, ...] = (
+    "2026-12-02 17:02 UTC (after the seed-1 and seed-2 results of the primary arms were in): the random-mask "
+    "control, built on the trainer's mask seam `CAPOTrainer.token_mask` once it landed (issue 20), trains "
+    "with `capo_track_shifts: true`, because the seam is called only where the curvature model runs; its "
+    "loss, lr, batch and seeds are GRPO (A)'s as planned. No other arm, grid or criterion changed.",
+    "2026-12-02 17:20 UTC (after every primary arm's 5 seeds were in): the secondary arms (random mask, "
+    "GRPO (A) at lr ×0.5 and ×0.2) were extended from seeds 1-3 to seeds 1-5 because compute was left; "
+    "no arm, setting or criterion changed.",
+)
 """Dated changes to arms, grids or criteria made after a result was seen (the report lists them)."""
 
 
@@ -297,6 +306,14 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
         ]
         lines += _tables(res, collected)
         lines += ["", "## Figures\n", *_figures(collected, out), ""]
+    lines += [
+        "## Reproduce\n",
+        "`nox -s experiment -- --regime race` (or `python -m capo_app.experiments.race`) trains what is "
+        "missing under `docs/race/raw/` and rewrites this report; `--report-only` regenerates every table and "
+        "figure from the raw records alone; `--worker` lets two processes share the jobs; `--quick` is the "
+        "smoke run. Each raw record holds the per-step training reward, rejection rate, true KL, KL "
+        "prediction and scale, and every evaluation (sampled, its MC SE, pass@8, greedy).\n",
+    ]
     lines += ["## Changes to the protocol\n"]
     lines += [f"- {c}" for c in PROTOCOL_CHANGES] or ["- none"]
     path = out / "report.md"
