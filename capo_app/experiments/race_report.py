@@ -125,6 +125,7 @@ def results(collected: dict[str, Any]) -> dict[str, Any]:
                         "final_sampled_se": r["evals"][-1]["sampled_se"],
                         "rejection_mean": _nanmean(r["rejection"]),
                         "true_kl_median": _nanmedian(r["true_kl"]),
+                        "true_kl_sum": _nansum(r["true_kl"]),
                         "seconds": r["seconds"],
                     }
                     for r in recs
@@ -151,6 +152,11 @@ def _nanmean(x: Sequence[Any]) -> float | None:
     return float(np.nanmean(a)) if np.isfinite(a).any() else None
 
 
+def _nansum(x: Sequence[Any]) -> float | None:
+    a = np.asarray([np.nan if v is None else v for v in x], dtype=np.float64)
+    return float(np.nansum(a)) if np.isfinite(a).any() else None
+
+
 def _nanmedian(x: Sequence[Any]) -> float | None:
     a = np.asarray([np.nan if v is None else v for v in x], dtype=np.float64)
     return float(np.nanmedian(a)) if np.isfinite(a).any() else None
@@ -161,8 +167,8 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
     lines = [
         "## Arms: final sampled accuracy (mean ± SE over seeds)\n",
         "| arm | lr | completions/step | seeds | final sampled | final greedy | pass@8 | crashed | "
-        "mean rejection | median true KL/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "mean rejection | median true KL/step | total true KL (Σ steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     from capo_app.experiments.race import FULL
 
@@ -172,6 +178,7 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
         greedy = [x["final_greedy"] for x in s if x["final_greedy"] is not None]
         rej = [x["rejection_mean"] for x in s if x["rejection_mean"] is not None]
         kl = [x["true_kl_median"] for x in s if x["true_kl_median"] is not None]
+        total = [x["true_kl_sum"] for x in s if x["true_kl_sum"] is not None]
         cells = [
             f"{arm['label']} (`{arm['name']}`)",
             f"{arm_lr(FULL.setup, a):g}",
@@ -183,6 +190,7 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
             f"{sum(x['crashed'] for x in s)}/{len(s)}",
             f"{np.mean(rej):.3f}" if rej else "— (no mask)",
             f"{np.median(kl):.2e}" if kl else "—",
+            _fmt(*_mean_se(total), 3) if total else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -199,11 +207,14 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
         m, s = arm["summary"], arm["seeds"]
         lo, hi = m["completions_ci"]
         ratio = "—" if m["ratio"] is None else f"{m['ratio']:.1f}×"
+        ratio_ci = f"{m['ratio_ci'][0]:.1f}× – {m['ratio_ci'][1]:.1f}×"
+        if arm["kind"] == "conservative":
+            ratio, ratio_ci = "1× (reference)", "—"
         hi_s = f"> {m['horizon']:,.0f}" if hi is None else _comp(hi)
         per = ", ".join(_comp(x["completions_to_target"]) for x in s)
         lines.append(
             f"| `{arm['name']}` | {_comp(m['completions_to_target'])} | {_comp(lo)} – {hi_s} | "
-            f"{ratio} | {m['ratio_ci'][0]:.1f}× – {m['ratio_ci'][1]:.1f}× | "
+            f"{ratio} | {ratio_ci} | "
             f"{m['reached_clean']}/{m['n_seeds']} | {per} | {'yes' if m['S'] else 'no'} |"
         )
     return lines
