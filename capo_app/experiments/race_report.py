@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from capo_app.experiments.race_run import TEST_SEED, arm_lr, completions_per_step
+from capo_app.experiments.race_run import TEST_SEED, RaceSetup, arm_lr, completions_per_step
 from capo_app.experiments.race_verdict import (
     CRITERIA,
     completions_to,
@@ -162,7 +162,7 @@ def _nanmedian(x: Sequence[Any]) -> float | None:
     return float(np.nanmedian(a)) if np.isfinite(a).any() else None
 
 
-def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
+def _tables(res: dict[str, Any], collected: dict[str, Any], setup: RaceSetup) -> list[str]:
     setup_arms = {a.name: a for a in collected["arms"]}
     lines = [
         "## Arms: final sampled accuracy (mean ± SE over seeds)\n",
@@ -170,8 +170,6 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
         "mean rejection | median true KL/step | total true KL (Σ steps) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    from capo_app.experiments.race import FULL
-
     for arm in res["arms"]:
         s = arm["seeds"]
         a = setup_arms[arm["name"]]
@@ -181,8 +179,8 @@ def _tables(res: dict[str, Any], collected: dict[str, Any]) -> list[str]:
         total = [x["true_kl_sum"] for x in s if x["true_kl_sum"] is not None]
         cells = [
             f"{arm['label']} (`{arm['name']}`)",
-            f"{arm_lr(FULL.setup, a):g}",
-            str(completions_per_step(FULL.setup, a)),
+            f"{arm_lr(setup, a):g}",
+            str(completions_per_step(setup, a)),
             str(len(s)),
             _fmt(*_mean_se([x["final_score"] for x in s])),
             _fmt(*_mean_se(greedy)) if greedy else "—",
@@ -315,7 +313,7 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
             f"R1 {'holds' if res['R1'] else 'fails'}, R2 {'holds' if res['R2'] else 'fails'}. The hoped-for "
             f"result (a curvature-aware arm at >= 10× fewer completions with 0/5 crashes) {hoped}.\n",
         ]
-        lines += _tables(res, collected)
+        lines += _tables(res, collected, cfg.setup)
         lines += ["", "## Figures\n", *_figures(collected, out), ""]
     lines += [
         "## Reproduce\n",
