@@ -79,6 +79,17 @@ QUICK = RaceConfig(
 
 SECONDARY = ("random", "lower_lr")
 
+POST_HOC = {
+    "post_hoc/kl_cap_delta0.1": (RaceArm("post_hoc/kl_cap_delta0.1", "kl_cap"), 0.1),
+    "post_hoc/kl_target_delta0.1": (
+        RaceArm("post_hoc/kl_target_delta0.1", "kl_target", s_max=10.0),
+        0.1,
+    ),
+}
+"""Added after every arm's results were in (never part of the verdict): the KL arms at δ / 10 on seeds 1-3,
+to ask whether a tighter bound on each step prevents the collapse at 8 completions per step."""
+POST_HOC_SEEDS = (1, 2, 3)
+
 
 def delta_from_tuning(tuning: Sequence[dict[str, Any]]) -> float:
     """δ: the median per-step true KL of conservative GRPO over the tuning runs' steps that moved (KL > 0)."""
@@ -173,11 +184,20 @@ def resolve_arms(cfg: RaceConfig, delta: float | None) -> list[RaceArm]:
     return arms
 
 
-def jobs(cfg: RaceConfig, arms: Sequence[RaceArm]) -> list[tuple[RaceArm, int]]:
-    """(arm, seed) in run order: seeds in the outer loop, primary arms first, secondary arms last."""
+def post_hoc_arms(delta: float | None) -> list[RaceArm]:
+    """The post-hoc arms with their δ (none while δ is unknown)."""
+    if delta is None:
+        return []
+    return [replace(arm, kl_delta=delta * f) for arm, f in POST_HOC.values()]
+
+
+def jobs(
+    cfg: RaceConfig, arms: Sequence[RaceArm], post_hoc: Sequence[RaceArm] = ()
+) -> list[tuple[RaceArm, int]]:
+    """(arm, seed) in run order: seeds in the outer loop, primary, secondary, then post-hoc arms."""
     primary = [(a, s) for s in cfg.seeds for a in arms if a.kind not in SECONDARY]
     secondary = [(a, s) for s in cfg.secondary_seeds for a in arms if a.kind in SECONDARY]
-    return primary + secondary
+    return primary + secondary + [(a, seed) for seed in POST_HOC_SEEDS for a in post_hoc]
 
 
 def run_all(cfg: RaceConfig, out: Path, say: Callable[[str], None], worker: bool) -> dict[str, Any]:
@@ -188,7 +208,9 @@ def run_all(cfg: RaceConfig, out: Path, say: Callable[[str], None], worker: bool
         tuning = [store.load(cons, s) for s in cfg.tuning_seeds]
         delta = delta_from_tuning(tuning) if all(t is not None for t in tuning) else None
         ran, blocked = False, False
-        todo = [(cons, s) for s in cfg.tuning_seeds] + jobs(cfg, resolve_arms(cfg, delta))
+        todo = [(cons, s) for s in cfg.tuning_seeds] + jobs(
+            cfg, resolve_arms(cfg, delta), post_hoc_arms(delta) if cfg is FULL else ()
+        )
         for arm, seed in todo:
             rates = None
             if arm.control_of is not None:
@@ -229,7 +251,12 @@ def collect(cfg: RaceConfig, out: Path) -> dict[str, Any]:
         recs = [r for s in seeds if (r := read(arm.name, s)) is not None]
         if recs:
             runs[arm.name] = recs
-    return {"delta": delta, "tuning": tuning, "runs": runs, "arms": arms}
+    post_hoc = {}
+    for arm in post_hoc_arms(delta):
+        recs = [r for s in POST_HOC_SEEDS if (r := read(arm.name, s)) is not None]
+        if recs:
+            post_hoc[arm.name] = (arm, recs)
+    return {"delta": delta, "tuning": tuning, "runs": runs, "arms": arms, "post_hoc": post_hoc}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,6 +71,18 @@ planned, so the secondary arms were extended to seeds 4-5: see the changes to th
 no-update control (the mechanism study's SGD finding is stated from its own data); one evaluation every 50 steps
 (the completions-to-target resolution is 400 completions for aggressive arms, 4,800 for conservative GRPO)."""
 
+READING = """\
+Written after the results (the tables above are regenerated from the raw records; this paragraph is not).
+Every aggressive arm collapsed, and the two KL arms did so while holding each step's measured KL at δ
+(conservative GRPO's median) and moving the policy less over the whole run than conservative GRPO (compare
+the total true KL column): the collapse in this regime comes from the 12× smaller batch — one prompt's 8
+completions per step give a poor direction — not from the size of the steps, so bounding the size per token
+(CAPO) or per step (the KL budget, either mode) does not buy sample efficiency here. GRPO (A) at
+conservative GRPO's own learning rate also crashed. CAPO's rejections (under 1% of tokens on average) did not
+change GRPO (A)'s course, and neither did the random mask at its rate. Limits: a tiny model on synthetic
+arithmetic; 300 steps, so an aggressive arm could only show a >= 12× gain; the default recipe's linear lr
+decay; one δ fixed in advance (see the post-hoc table for δ / 10)."""
+
 PROTOCOL_CHANGES: tuple[str, ...] = (
     "2026-12-02 17:02 UTC (after the seed-1 and seed-2 results of the primary arms were in): the random-mask "
     "control, built on the trainer's mask seam `CAPOTrainer.token_mask` once it landed (issue 20), trains "
@@ -79,6 +91,8 @@ PROTOCOL_CHANGES: tuple[str, ...] = (
     "2026-12-02 17:20 UTC (after every primary arm's 5 seeds were in): the secondary arms (random mask, "
     "GRPO (A) at lr ×0.5 and ×0.2) were extended from seeds 1-3 to seeds 1-5 because compute was left; "
     "no arm, setting or criterion changed.",
+    "2026-12-02 17:35 UTC (after every arm's results were in): two post-hoc arms, the KL cap and the "
+    "δ-driven steps at δ / 10 on seeds 1-3, reported apart and never part of the verdict.",
 )
 """Dated changes to arms, grids or criteria made after a result was seen (the report lists them)."""
 
@@ -218,6 +232,33 @@ def _tables(res: dict[str, Any], collected: dict[str, Any], setup: RaceSetup) ->
     return lines
 
 
+def _post_hoc(post_hoc: dict[str, Any], target: float) -> list[str]:
+    """The post-hoc arms' table (never part of the verdict)."""
+    if not post_hoc:
+        return []
+    lines = [
+        "",
+        "## Post hoc (added after the results; not part of the verdict)\n",
+        "The KL arms at δ / 10, seeds 1-3: does a tighter bound on each step prevent the collapse?\n",
+        "| arm | δ | seeds | final sampled | crashed | reached the target | total true KL (Σ steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, (arm, recs) in post_hoc.items():
+        finals = [final_score(r) for r in recs]
+        reached = sum(
+            completions_to(scores(r), np.asarray([e["completions"] for e in r["evals"]]), target)
+            is not None
+            for r in recs
+        )
+        total = [t for r in recs if (t := _nansum(r["true_kl"])) is not None]
+        lines.append(
+            f"| `{name}` | {arm.kl_delta:.3g} | {len(recs)} | {_fmt(*_mean_se(finals))} | "
+            f"{sum(crashed(r) for r in recs)}/{len(recs)} | {reached}/{len(recs)} | "
+            f"{_fmt(*_mean_se(total)) if total else '—'} |"
+        )
+    return lines
+
+
 def _figures(collected: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -304,6 +345,16 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
         lines.append("**INCOMPLETE**: conservative GRPO and GRPO (A) runs are not in yet.\n")
     else:
         res = results(collected)
+        res["post_hoc"] = [
+            {
+                "name": name, "kind": arm.kind, "delta": arm.kl_delta, "part_of_verdict": False,
+                "seeds": [
+                    {"seed": r["seed"], "final_score": final_score(r), "crashed": crashed(r)}
+                    for r in recs
+                ],
+            }
+            for name, (arm, recs) in collected.get("post_hoc", {}).items()
+        ]  # fmt: skip
         (out / "results.json").write_text(json.dumps(res, indent=1))
         hoped = "happened" if res["hoped_for"] else "did NOT happen"
         lines += [
@@ -314,6 +365,9 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
             f"result (a curvature-aware arm at >= 10× fewer completions with 0/5 crashes) {hoped}.\n",
         ]
         lines += _tables(res, collected, cfg.setup)
+        lines += _post_hoc(collected.get("post_hoc", {}), res["target"])
+        if cfg is not None and not cfg.label:
+            lines += ["", "## Reading\n", READING]
         lines += ["", "## Figures\n", *_figures(collected, out), ""]
     lines += [
         "## Reproduce\n",
