@@ -177,7 +177,7 @@ class CAPOConfig(GRPOConfig):
             "help": "Extension beyond the paper: δ, the allowed mean KL(π_θ || π_θ') per optimizer step "
             "over the step's valid completion tokens (policy at its sampling temperature). Before each "
             "optimizer step the KL of the optimizer's prospective step is predicted (capo_kl_model) and "
-            "the step's learning rate is scaled by s = min(1, sqrt(δ / KL)). None (default): no budget, "
+            "the step's learning rate is scaled by s = min(1, sqrt(δ / KL)) (capo_kl_mode). None (default): no budget, "
             "the paper's method unchanged."
         },
     )

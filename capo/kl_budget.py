@@ -4,7 +4,8 @@ CAPO decides per token from the step that token alone would cause; the optimizer
 whole accepted batch, whose size Adam normalises. This module bounds the step itself: before
 ``optimizer.step()`` (after gradient accumulation, clipping and the cross-rank reduction) it forms the
 optimizer's prospective step Δ exactly from its state, predicts the mean KL(π_θ || π_θ+Δ) over the step's
-valid completion tokens, and scales the step's learning rate by s = min(1, sqrt(δ / KL̂)) (the KL is
+valid completion tokens, and scales the step's learning rate by s = min(1, sqrt(δ / KL̂)) (``capo_kl_mode``
+"cap"; "target": s = min(s_max, sqrt(δ / KL̂)), up as well as down) (the KL is
 quadratic in the step to leading order, arXiv 2510.00819, eq 6). Both supported optimizers have Δ linear
 in the learning rate (AdamW's decoupled decay included), so the scaled step is exactly s·Δ.
 

@@ -39,4 +39,4 @@ KL_PREDICTED = "capo/kl_predicted"
 """KL of the step the optimizer proposes, predicted before it is taken by ``capo_kl_model``, unscaled (s = 1),
 mean over the step's valid tokens (``capo_kl_budget`` or ``capo_log_true_kl``; an extension beyond the paper)."""
 KL_SCALE = "capo/kl_scale"
-"""s = min(1, sqrt(capo_kl_budget / kl_predicted)), the factor on the step's learning rate (1.0 without a budget)."""
+"""s = min(s_max, sqrt(capo_kl_budget / kl_predicted)) (s_max = 1 for capo_kl_mode "cap"), the factor on the step's learning rate (1.0 without a budget)."""
