@@ -375,7 +375,9 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
         "missing under `docs/race/raw/` and rewrites this report; `--report-only` regenerates every table and "
         "figure from the raw records alone; `--worker` lets two processes share the jobs; `--quick` is the "
         "smoke run. Each raw record holds the per-step training reward, rejection rate, true KL, KL "
-        "prediction and scale, and every evaluation (sampled, its MC SE, pass@8, greedy).\n",
+        "prediction and scale, and every evaluation (sampled, its MC SE, pass@8, greedy). The base is the "
+        "embedded tiny model of `capo_app.tiny` (cache folder `tiny-6679e49a00af71a3`, 0.56M parameters), "
+        "the same bytes on every machine once shipped in the repository.\n",
     ]
     lines += ["## Changes to the protocol\n"]
     lines += [f"- {c}" for c in PROTOCOL_CHANGES] or ["- none"]
