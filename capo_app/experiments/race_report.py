@@ -79,7 +79,8 @@ the total true KL column): the collapse in this regime comes from the 12× small
 completions per step give a poor direction — not from the size of the steps, so bounding the size per token
 (CAPO) or per step (the KL budget, either mode) does not buy sample efficiency here. GRPO (A) at
 conservative GRPO's own learning rate also crashed. CAPO's rejections (under 1% of tokens on average) did not
-change GRPO (A)'s course, and neither did the random mask at its rate. Limits: a tiny model on synthetic
+change GRPO (A)'s course, and neither did the random mask at its rate (it realised a lower mean rate than
+CAPO: it may reject only A != 0 tokens, and its own run's groups turn all-equal-reward as it collapses). Limits: a tiny model on synthetic
 arithmetic; 300 steps, so an aggressive arm could only show a >= 12× gain; the default recipe's linear lr
 decay; one δ fixed in advance (see the post-hoc table for δ / 10)."""
 
