@@ -181,19 +181,19 @@ class SparseAdamMoments:
         n = rows * self.hidden_size
         return buf[0, :n].view(rows, -1), buf[1, :n].view(rows, -1)
 
-    def read(self, row_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, row_ids: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The moments of the given rows at the current step t, decayed as dense Adam would.
 
         Args:
             row_ids: [R] int64 vocabulary ids (repeats allowed).
+            check: validate ``row_ids``; False when they are known to lie in [0, V) on this device
+                (the step models' ids, validated with their token batch).
 
         Returns:
             (m, v), each [R, H] in the storage dtype; rows never touched are zero. Fresh tensors.
         """
-        return self._gather(self._check_ids("row_ids", row_ids))
-
-    def _gather(self, row_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`read` without validation (ids already known to lie in [0, V), on this device)."""
+        if check:
+            row_ids = self._check_ids("row_ids", row_ids)
         slots, d1, d2 = self.lookup(row_ids, check=False)
         m, v = self.gather(slots)
         if self._count:

@@ -102,7 +102,7 @@ class AdamStep:
         t1 = mom.t + 1
         bc1 = 1.0 - b1**t1
         bc2 = 1.0 - b2**t1
-        m, v = mom._gather(row_ids.to(mom.device))  # ids were validated with the batch
+        m, v = mom.read(row_ids.to(mom.device), check=False)  # validated with the batch
         m = m.to(device=row_grads.device, dtype=row_grads.dtype)
         v = v.to(device=row_grads.device, dtype=row_grads.dtype)
         m.mul_(b1).add_(row_grads, alpha=1.0 - b1)
