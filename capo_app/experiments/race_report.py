@@ -260,7 +260,7 @@ def _post_hoc(post_hoc: dict[str, Any], target: float) -> list[str]:
     return lines
 
 
-def _figures(collected: dict[str, Any], out: Path) -> list[str]:
+def _figures(collected: dict[str, Any], out: Path, target: float | None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,14 +268,20 @@ def _figures(collected: dict[str, Any], out: Path) -> list[str]:
 
     runs, kinds = collected["runs"], {a.name: a.kind for a in collected["arms"]}
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    dashes = iter(("--", ":", "-."))  # controls: one line style each (lower-lr arms share a colour)
     for name, recs in runs.items():
         x = np.asarray([e["completions"] for e in recs[0]["evals"]], dtype=float)
         y = np.stack([scores(r) for r in recs])
         m = y.mean(0)
         se = y.std(0, ddof=1) / np.sqrt(len(recs)) if len(recs) > 1 else 0 * m
-        style = "--" if kinds[name] in ("random", "lower_lr") else "-"
-        ax.plot(x + 1, m, style, color=COLORS[kinds[name]], label=f"{name} ({len(recs)} seeds)")
-        ax.fill_between(x + 1, m - se, m + se, color=COLORS[kinds[name]], alpha=0.15)
+        style = next(dashes, "--") if kinds[name] in ("random", "lower_lr") else "-"
+        colour = COLORS[kinds[name]]
+        ax.plot(
+            x + 1, m, style, marker="o", ms=3, color=colour, label=f"{name} ({len(recs)} seeds)"
+        )
+        ax.fill_between(x + 1, m - se, m + se, color=colour, alpha=0.15)
+    if target is not None:
+        ax.axhline(target, color="black", lw=0.6, ls=":", label="target")
     ax.set(
         xscale="log",
         xlabel="completions seen (+1)",
@@ -369,7 +375,7 @@ def write_race_report(cfg: Any, collected: dict[str, Any], out: Path) -> Path:
         lines += _post_hoc(collected.get("post_hoc", {}), res["target"])
         if cfg is not None and not cfg.label:
             lines += ["", "## Reading\n", READING]
-        lines += ["", "## Figures\n", *_figures(collected, out), ""]
+        lines += ["", "## Figures\n", *_figures(collected, out, res["target"]), ""]
     lines += [
         "## Reproduce\n",
         "`nox -s experiment -- --regime race` (or `python -m capo_app.experiments.race`) trains what is "
