@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from capo_app.checks import UsageError, check_training
-from capo_app.launch import launch_overrides
+from capo_app.launch import end_process_group, launch_overrides
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
 from capo_app.resume import ResumePoint, resume_point
 from capo_app.run_folder import claim_output_dir
@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overwrite=script_args.overwrite_output_dir,
         resume=resume is not None,
     )
-    train(script_args, config, resume)
+    try:
+        train(script_args, config, resume)
+    finally:  # a launched process leaves its group before the interpreter exits
+        end_process_group()
     return 0
 
 
