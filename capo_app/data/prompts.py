@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from capo_app.checks import UsageError, check_prompt_template
 from capo_app.run_folder import PROMPT_FILE
 
 #: The instruction Qwen2.5-Math is trained with; appended to MATH-style questions.
@@ -82,7 +83,23 @@ def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
     path = Path(folder) / PROMPT_FILE
     if not path.is_file():
         return None
-    return PromptFormat(**json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not a readable prompt format ({error})") from error
+    if not isinstance(saved, dict) or set(saved) - {"conversational", "template", "system_prompt"}:
+        raise UsageError(f"{path}: expected an object with conversational, template, system_prompt")
+    fmt = PromptFormat(**saved)
+    if not (
+        isinstance(fmt.conversational, bool)
+        and isinstance(fmt.template, str)
+        and isinstance(fmt.system_prompt, str | None)
+    ):
+        raise UsageError(
+            f"{path}: conversational must be true/false, template a string, system_prompt a string or null"
+        )
+    check_prompt_template(fmt.template)
+    return fmt
 
 
 def completion_text(completion: Any) -> str:

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capo_app.checks import UsageError, check_evaluation
+from capo_app.checks import UsageError, check_evaluation, check_writable_dir
 from capo_app.evaluation.registry import BENCHMARKS
 from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE, PROMPT_FILE
 
@@ -123,6 +123,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """
     check_evaluation(args)
     folder = output_dir(args)
+    check_writable_dir(folder, "--output")
     fmt, fmt_source = prompt_format(args)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
