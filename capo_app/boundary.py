@@ -3,7 +3,8 @@
 ``capo``, ``python -m verification`` and ``python -m reference`` parse with :class:`OneLineParser` and run
 through :func:`guarded`. A :class:`~capo_app.checks.UsageError` (or an argparse error) prints one line on stderr
 and exits 2. Any other exception is a bug in this project: its traceback is printed, then one line saying so,
-and the exit code is 1 (never swallowed, never dressed up as a usage error).
+and the exit code is 1 (never swallowed, never dressed up as a usage error). It imports nothing else of the
+project, so the reference and the verification suite use it without loading the application.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from capo_app.checks import UsageError
+
+class UsageError(ValueError):
+    """Bad input from the user; the message is one line that says what is wrong and what to do."""
+
 
 USAGE_EXIT = 2
 BUG_EXIT = 1

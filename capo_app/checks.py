@@ -14,11 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from capo_app.boundary import UsageError
 from capo_app.recipe import EMBEDDED_TINY
 
-
-class UsageError(ValueError):
-    """Bad input from the user; the message is one line that says what is wrong and what to do."""
+__all__ = ["UsageError"]  # re-exported: the checks raise it
 
 
 #: Local data files ``capo train`` and ``capo eval`` read, by suffix, with the ``datasets`` builder for each.

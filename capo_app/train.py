@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from capo_app.checks import UsageError, check_training
+from capo_app.checks import UsageError
 from capo_app.launch import end_process_group, launch_overrides
+from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
-from capo_app.resume import ResumePoint, resume_point
+from capo_app.resume import ResumePoint
 from capo_app.run_folder import claim_output_dir
 
 if TYPE_CHECKING:
@@ -114,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         script_args, config, _ = parse_recipe(argv, overrides=launch_overrides())
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error
-    check_training(script_args, config)
-    resume = resume_point(
-        str(config.output_dir), config.resume_from_checkpoint, script_args.resume_without_capo_state
-    )
+    resume = preflight(script_args, config)
     claim_output_dir(
         str(config.output_dir),
         overwrite=script_args.overwrite_output_dir,
