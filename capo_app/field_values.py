@@ -82,7 +82,7 @@ def _convert(hint: Any, value: Any) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         if isinstance(value, hint):
             return value
-        return value if value in {m.value for m in hint} else _NO
+        return value if isinstance(value, str | int) and value in [m.value for m in hint] else _NO
     if isinstance(hint, type):
         return value if isinstance(value, hint) else _NO
     return value  # an annotation this module does not model: left to the dataclass
@@ -167,7 +167,7 @@ def checked_values(
         if converted is _NO:
             raise ValueError(f"{name}: expected {describe(hint)}, got {value!r}")
         choices = f.metadata.get("choices")
-        if choices is not None and converted is not None and converted not in choices:
+        if choices is not None and converted is not None and converted not in list(choices):
             raise ValueError(
                 f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}"
             )
