@@ -30,6 +30,7 @@ from capo_app.data import (
     TINY_PROMPT,
     PromptFormat,
     load_math_dataset,
+    load_prompt_format,
     make_arithmetic_dataset,
     save_prompt_format,
 )
@@ -49,12 +50,15 @@ from capo_app.tiny import build_tiny_model, build_tiny_tokenizer, tiny_setup
 
 
 def train_prompt_format(script_args: ScriptArguments) -> PromptFormat:
-    """How the run turns questions into prompts: the tiny model's plain frame, else the boxed chat message.
+    """How the run turns questions into prompts: as the model was trained, else a default for it.
 
-    The embedded tiny model was warm-started on its plain ``Q: ...`` frame only, so it gets that frame whatever
-    the dataset.
+    A model trained by ``capo train`` (or a checkpoint of one) keeps the format its folder records. The
+    embedded tiny model was warm-started on its plain ``Q: ...`` frame only, so it gets that frame whatever
+    the dataset; any other model gets the boxed chat message.
     """
-    return TINY_PROMPT if script_args.model_name_or_path == EMBEDDED_TINY else MATH_PROMPT
+    if script_args.model_name_or_path == EMBEDDED_TINY:
+        return TINY_PROMPT
+    return load_prompt_format(script_args.model_name_or_path) or MATH_PROMPT
 
 
 def _first_line(error: BaseException) -> str:

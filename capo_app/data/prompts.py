@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from capo_app.checks import UsageError, check_prompt_template
+from capo_app.checks import UsageError
 from capo_app.run_folder import PROMPT_FILE
 
 #: The instruction Qwen2.5-Math is trained with; appended to MATH-style questions.
@@ -79,8 +79,16 @@ def save_prompt_format(prompt_format: PromptFormat, folder: str | os.PathLike[st
 
 
 def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
-    """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none."""
+    """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none.
+
+    A checkpoint folder (``RUN/checkpoint-N``) has the format of its run: ``RUN``'s file is read.
+
+    Raises:
+        UsageError: When the file is there but unreadable or malformed (naming the file).
+    """
     path = Path(folder) / PROMPT_FILE
+    if not path.is_file() and Path(folder).name.startswith("checkpoint-"):
+        path = Path(folder).parent / PROMPT_FILE
     if not path.is_file():
         return None
     try:
@@ -89,17 +97,18 @@ def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
         raise UsageError(f"{path}: not a readable prompt format ({error})") from error
     if not isinstance(saved, dict) or set(saved) - {"conversational", "template", "system_prompt"}:
         raise UsageError(f"{path}: expected an object with conversational, template, system_prompt")
-    fmt = PromptFormat(**saved)
     if not (
-        isinstance(fmt.conversational, bool)
-        and isinstance(fmt.template, str)
-        and isinstance(fmt.system_prompt, str | None)
+        isinstance(saved.get("conversational", True), bool)
+        and isinstance(saved.get("template", ""), str)
+        and isinstance(saved.get("system_prompt"), str | None)
     ):
         raise UsageError(
             f"{path}: conversational must be true/false, template a string, system_prompt a string or null"
         )
-    check_prompt_template(fmt.template)
-    return fmt
+    try:
+        return PromptFormat(**saved)
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from error
 
 
 def completion_text(completion: Any) -> str:

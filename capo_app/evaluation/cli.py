@@ -59,7 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"./{EVAL_DIR}/ORG--NAME for a hub id)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help=f"replace an existing {EVAL_RESULTS_FILE}"
+        "--overwrite",
+        action="store_true",
+        help=f"replace the earlier results of these benchmarks in {EVAL_RESULTS_FILE} (others are kept)",
     )
     parser.add_argument(
         "--prompt-template",
@@ -100,17 +102,26 @@ def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-    """Where the results go; refuses a folder holding an earlier result unless ``--overwrite``."""
+    """Where the results go; refuses to replace an earlier result of the same benchmark unless ``--overwrite``.
+
+    Results accumulate by benchmark key in one file: another benchmark's earlier result is kept, and
+    ``--overwrite`` replaces only the keys being evaluated.
+    """
+    from capo_app.evaluation.pass_at_1 import read_results
+    from capo_app.evaluation.registry import resolve_benchmark, unique_names
+
     if args.output is not None:
         folder = Path(args.output)
     elif Path(args.model).is_dir():
         folder = Path(args.model) / EVAL_DIR
     else:
         folder = Path(EVAL_DIR) / args.model.replace("/", "--")
-    if (folder / EVAL_RESULTS_FILE).exists() and not args.overwrite:
+    keys = unique_names([resolve_benchmark(b) for b in args.benchmarks])
+    earlier = sorted(set(keys) & set(read_results(folder)["benchmarks"]))
+    if earlier and not args.overwrite:
         raise UsageError(
-            f"{folder / EVAL_RESULTS_FILE} holds an earlier evaluation; pass --output DIR for another folder or "
-            "--overwrite to replace it"
+            f"{folder / EVAL_RESULTS_FILE} holds an earlier evaluation of {', '.join(earlier)}; pass --overwrite to replace "
+            "those results (the other benchmarks' stay) or --output DIR for another folder"
         )
     return folder
 
