@@ -42,7 +42,7 @@ from capo_app.recipe import (
     default_tiny_cache,
     effective_method,
 )
-from capo_app.resume import ResumePoint
+from capo_app.resume import ResumePoint, run_identity
 from capo_app.rewards import reward_functions
 from capo_app.run_folder import LOG_FILE
 from capo_app.run_record import RunRecorder
@@ -198,14 +198,25 @@ def completions_per_step(config: CAPOConfig, num_processes: int) -> int:
     )
 
 
+def method_label(config: CAPOConfig) -> str:
+    """The method as trained: its registry label, plus the KL budget when one scales the steps (not CAPO)."""
+    label = effective_method(config).label
+    budget = config.capo_kl_budget
+    return label if budget is None else f"{label} + KL budget δ = {budget:g}"
+
+
 def run_description(script_args: ScriptArguments, config: CAPOConfig) -> dict[str, Any]:
     """The ``run`` section of the log: method, model, dataset, thresholds, and the resolved configuration."""
     method = effective_method(config)
     curvature = config.capo_enabled
+    label = method_label(config)
     return {
         "method": method.key,
-        "label": method.label,
-        "title": f"{method.label} · {Path(script_args.model_name_or_path).name} · "
+        "label": label,
+        "granularity": str(getattr(config, "capo_granularity", "token")),
+        "masking": bool(config.capo_enabled),
+        "kl_budget": config.capo_kl_budget,
+        "title": f"{label} · {Path(script_args.model_name_or_path).name} · "
         f"{Path(script_args.dataset_name).name}",
         "model": script_args.model_name_or_path,
         "dataset": script_args.dataset_name,
@@ -283,7 +294,8 @@ def train(
     tracker = AccuracyTracker(test_set, tokenizer, max_new, per_step)
     if script_args.eval_every > 0:
         trainer.add_callback(AccuracyCallback(tracker, script_args.eval_every, trainer))
-    recorder = RunRecorder(resume, start, per_step, lambda: tracker.points)
+    identity = run_identity(script_args, config)
+    recorder = RunRecorder(resume, start, per_step, lambda: tracker.points, identity)
     trainer.add_callback(recorder)
     tracker.points = recorder.earlier_accuracy()  # a resumed run's step-0 accuracy is in its record
     main_process = trainer.accelerator.is_main_process
@@ -312,7 +324,10 @@ def _log(
     run: dict[str, Any], history: list[dict[str, Any]], points: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """The log object (:mod:`capo_app.report`): summary, run, per-step history, accuracy points."""
-    summary = report.summarize(history, points, method=run["label"], wall_time_s=seconds)
+    summary = report.summarize(
+        history, points, method=run["label"], wall_time_s=seconds,
+        granularity=run["granularity"], masking=run["masking"],
+    )  # fmt: skip
     return {"summary": summary, "run": run, "history": history, "test_accuracy": points}
 
 

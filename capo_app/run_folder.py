@@ -18,7 +18,13 @@ LOG_FILE = "log.json"
 PROMPT_FILE = "capo_prompt.json"
 EVAL_DIR = "capo_eval"
 EVAL_RESULTS_FILE = "eval_results.json"
-PLOT_FILES = ("accuracy_reward.png", "rejection_rate.png", "curvature.png", "true_kl.png")
+PLOT_FILES = (
+    "accuracy_reward.png",
+    "rejection_rate.png",
+    "curvature.png",
+    "true_kl.png",
+    "kl_scale.png",
+)
 MODEL_FILES = (
     "config.json",
     "generation_config.json",

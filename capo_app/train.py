@@ -20,7 +20,7 @@ from capo_app.checks import UsageError
 from capo_app.launch import end_process_group, launch_overrides
 from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
-from capo_app.resume import ResumePoint
+from capo_app.resume import ResumePoint, is_complete
 from capo_app.run_folder import claim_output_dir
 
 if TYPE_CHECKING:
@@ -116,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error
     resume = preflight(script_args, config)
+    if resume is not None and is_complete(resume, int(config.max_steps)):
+        print(
+            f"capo train: the run in {config.output_dir} is complete ({resume.step} optimizer steps, "
+            f"{resume.checkpoint}); nothing to train"
+        )
+        return 0
     claim_output_dir(
         str(config.output_dir),
         overwrite=script_args.overwrite_output_dir,
