@@ -46,7 +46,17 @@ from capo_app.resume import ResumePoint, run_identity
 from capo_app.rewards import reward_functions
 from capo_app.run_folder import LOG_FILE
 from capo_app.run_record import RunRecorder
-from capo_app.tiny import build_tiny_model, build_tiny_tokenizer, tiny_setup
+from capo_app.tiny import (
+    build_tiny_model,
+    build_tiny_tokenizer,
+    load_tiny_model,
+    shipped_tiny_dir,
+    tiny_setup,
+)
+
+#: The synthetic task's held-out problems are one fixed set per task whatever ``--seed`` (the splits are disjoint
+#: by construction), so "test accuracy before" of one model is one number.
+HELD_OUT_SEED = 0
 
 
 def train_prompt_format(script_args: ScriptArguments) -> PromptFormat:
@@ -82,6 +92,9 @@ def load_policy(
     if name == EMBEDDED_TINY:
         _check_support_fits(config, len(build_tiny_tokenizer()))
         setup = tiny_setup(script_args.synthetic_task, script_args.warm_start_steps)
+        shipped = shipped_tiny_dir(setup)
+        if shipped is not None:  # the default: the same bytes on every machine
+            return load_tiny_model(shipped)
         folder = default_tiny_cache(script_args) / f"tiny-{setup.config_hash()}"
         return build_tiny_model(folder, setup, progress=True)
     try:
@@ -149,7 +162,7 @@ def load_test_set(
     count, source = script_args.num_test_problems, script_args.dataset_test_split
     if script_args.dataset_name == SYNTHETIC:
         task = PRESETS[script_args.synthetic_task]
-        return make_arithmetic_dataset(count, "test", task, config.seed, fmt)
+        return make_arithmetic_dataset(count, "test", task, HELD_OUT_SEED, fmt)
     if Path(source).is_file():
         return load_math_dataset(source, "test", limit=count, prompt_format=fmt)
     reason = None
