@@ -78,6 +78,14 @@ def save_prompt_format(prompt_format: PromptFormat, folder: str | os.PathLike[st
     return path
 
 
+def prompt_format_file(folder: str | os.PathLike[str]) -> Path:
+    """Where a model folder's prompt format is: its own file, or its run's for a checkpoint (``RUN/checkpoint-N``)."""
+    path = Path(folder) / PROMPT_FILE
+    if not path.is_file() and Path(folder).name.startswith("checkpoint-"):
+        return Path(folder).parent / PROMPT_FILE
+    return path
+
+
 def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
     """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none.
 
@@ -86,9 +94,7 @@ def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
     Raises:
         UsageError: When the file is there but unreadable or malformed (naming the file).
     """
-    path = Path(folder) / PROMPT_FILE
-    if not path.is_file() and Path(folder).name.startswith("checkpoint-"):
-        path = Path(folder).parent / PROMPT_FILE
+    path = prompt_format_file(folder)
     if not path.is_file():
         return None
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from capo_app.checks import UsageError, check_evaluation, check_writable_dir
 from capo_app.evaluation.registry import BENCHMARKS
-from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE, PROMPT_FILE
+from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE
 
 if TYPE_CHECKING:
     from capo_app.data.prompts import PromptFormat
@@ -85,13 +85,14 @@ def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
         TINY_CHAT_PROMPT,
         PromptFormat,
         load_prompt_format,
+        prompt_format_file,
     )
     from capo_app.tiny.build import is_tiny_model_dir
 
     saved = load_prompt_format(args.model)
     custom = args.prompt_template is not None or args.plain or args.system_prompt is not None
     if saved is not None and not custom:
-        return saved, f"as trained ({Path(args.model) / PROMPT_FILE})"
+        return saved, f"as trained ({prompt_format_file(args.model)})"
     default = saved or (TINY_CHAT_PROMPT if is_tiny_model_dir(args.model) else MATH_PROMPT)
     template = args.prompt_template or default.template
     if args.plain:

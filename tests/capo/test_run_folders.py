@@ -9,7 +9,12 @@ import json
 import pytest
 
 from capo_app.checks import UsageError
-from capo_app.data.prompts import TINY_PROMPT, load_prompt_format, save_prompt_format
+from capo_app.data.prompts import (
+    TINY_PROMPT,
+    load_prompt_format,
+    prompt_format_file,
+    save_prompt_format,
+)
 from capo_app.evaluation.cli import output_dir
 from capo_app.evaluation.pass_at_1 import BenchmarkResult, read_results, write_results
 from capo_app.run_folder import claim_output_dir, holds_run
@@ -91,6 +96,9 @@ def test_a_checkpoint_folder_has_its_runs_prompt_format(tmp_path):
     save_prompt_format(TINY_PROMPT, tmp_path)
     (tmp_path / "checkpoint-4").mkdir()
     assert load_prompt_format(tmp_path / "checkpoint-4") == TINY_PROMPT
+    assert (
+        prompt_format_file(tmp_path / "checkpoint-4") == tmp_path / "capo_prompt.json"
+    )  # as reported
 
 
 @pytest.mark.parametrize("text", ["{bad", '{"template": 5}', '{"template": "no field"}', "[1]"])
