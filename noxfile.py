@@ -36,8 +36,18 @@ def install_project(session: nox.Session, extras: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole pytest suite (CPU, float64 exact checks, tiny models, DeepSpeed ZeRO-2/3 on 2 CPU processes)."""
-    install_project(session, "train,dev,deepspeed")
+    install_project(session, "train,dev,deepspeed,tensorboard")
     session.run("pytest", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def readme_table(session: nox.Session) -> None:
+    """Rewrite the README's quickstart summary from what `capo train` (no arguments) prints."""
+    install_project(session, "train,dev")
+    session.run(
+        "pytest", "-q", "tests/test_readme_quickstart.py",
+        env={"CAPO_UPDATE_README": "1", "OMP_NUM_THREADS": "2"},
+    )  # fmt: skip
 
 
 @nox.session

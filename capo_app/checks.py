@@ -6,16 +6,148 @@ to change instead of a traceback. Nothing here imports a heavy library at module
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from capo_app.boundary import UsageError
 from capo_app.recipe import EMBEDDED_TINY
 
+__all__ = ["UsageError"]  # re-exported: the checks raise it
 
-class UsageError(ValueError):
-    """Bad input from the user; the message is one line that says what is wrong and what to do."""
+
+#: Local data files ``capo train`` and ``capo eval`` read, by suffix, with the ``datasets`` builder for each.
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+#: The range of each number a run or an evaluation takes: ``(low, low included, high, high included)``
+#: (None: unbounded). ``None`` values are not checked (they mean "the default").
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "learning_rate": (0, False, None, False),
+    "temperature": (0, False, None, False),
+    "top_p": (0, False, 1, True),
+    "top_k": (0, True, None, False),
+    "min_p": (0, True, 1, True),
+    "repetition_penalty": (0, False, None, False),
+    "beta": (0, True, None, False),
+    "epsilon": (0, True, None, False),
+    "epsilon_high": (0, True, None, False),
+    "num_iterations": (1, True, None, False),
+    "per_device_train_batch_size": (1, True, None, False),
+    "gradient_accumulation_steps": (1, True, None, False),
+    "max_completion_length": (1, True, None, False),
+    "warmup_steps": (0, True, None, False),
+    "warmup_ratio": (0, True, 1, True),
+    "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, True, None, False),
+    "logging_steps": (0, False, None, False),
+    "seed": (0, True, 2**32 - 1, True),
+    "capo_kl_budget": (0, False, None, False),
+    "num_train_problems": (1, True, None, False),
+    "num_test_problems": (0, True, None, False),
+    "max_prompt_length": (1, True, None, False),
+    "eval_every": (0, True, None, False),
+    "eval_max_new_tokens": (1, True, None, False),
+    "cpu_threads": (1, True, None, False),
+    "warm_start_steps": (0, True, None, False),
+    "expected_num_processes": (1, True, None, False),
+    "completions_per_step": (1, True, None, False),
+}
+
+#: Optional packages a value needs: ``(package, extra that installs it)``.
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def _interval(low: float | None, low_in: bool, high: float | None, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_ranges(values: Any, names: Any = None, prefix: str = "") -> None:
+    """Refuse a number outside its :data:`RANGES` interval (NaN included), naming the field and the value.
+
+    Args:
+        values: An object with the fields as attributes (a config, parsed arguments).
+        names: The fields to check (default: every one of :data:`RANGES` the object has).
+        prefix: Written before the name in the message (``--`` for ``capo eval``'s options).
+    """
+    for name in names if names is not None else RANGES:
+        value = getattr(values, name, None)
+        if value is None or name not in RANGES:
+            continue
+        low, low_in, high, high_in = RANGES[name]
+        ok = (
+            isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        )
+        ok = ok and (low is None or value > low or (low_in and value == low))
+        ok = ok and (high is None or value < high or (high_in and value == high))
+        if not ok:
+            option = prefix + (name.replace("_", "-") if prefix else name)
+            raise UsageError(
+                f"{option} must be {_interval(low, low_in, high, high_in)}, got {value}"
+            )
+
+
+def check_package(package: str, extra: str, what: str) -> None:
+    """Refuse a value that needs an optional package which is not installed, naming the extra to install."""
+    if importlib.util.find_spec(package) is None:
+        raise UsageError(
+            f"{what} needs the {package} package, which is not installed: pip install 'capo[{extra}]'"
+        )
+
+
+def check_report_to(report_to: Any) -> None:
+    """Refuse ``report_to`` integrations whose package is missing (``all`` asks for none in particular)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in REPORTERS:
+            check_package(*REPORTERS[name], f"report_to {name}")
+
+
+def check_writable_dir(folder: str | os.PathLike[str], option: str) -> None:
+    """Refuse an output folder that cannot be created or written (a file in the way, a read-only parent)."""
+    path = Path(folder).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {folder}: exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: cannot be created ({existing} is not a folder)")
+    try:  # a probe file tells what os.access cannot (root, read-only mounts, /proc)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"{option} {folder}: cannot be written ({existing}: {error.strerror})"
+        ) from error
+
+
+def check_data_file(name_or_path: str, option: str) -> None:
+    """Refuse a local data file that is missing, of an unsupported type, unreadable or empty.
+
+    A name that is no local path (a hub id) passes; a folder is read by ``datasets`` as a dataset folder.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    if not path.exists():
+        if path.suffix.lower() in DATA_FILE_BUILDERS or looks_local(name_or_path):
+            raise UsageError(f"{option} {name_or_path}: no such file")
+        return  # a hub id
+    if path.suffix.lower() not in DATA_FILE_BUILDERS:
+        raise UsageError(
+            f"{option} {name_or_path}: unsupported file type {path.suffix or '(none)'!r}; use one of "
+            f"{', '.join(DATA_FILE_BUILDERS)}"
+        )
+    if path.stat().st_size == 0:
+        raise UsageError(f"{option} {name_or_path}: the file is empty")
+    if path.suffix.lower() in (".json", ".jsonl") and check_json_records(path) == 0:
+        raise UsageError(f"{option} {name_or_path}: the file holds no record")
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -54,8 +186,8 @@ def check_model_path(name_or_path: str, option: str) -> None:
         raise UsageError(f"{option} {name_or_path}: no such folder")
 
 
-def check_json_records(path: str | os.PathLike[str]) -> None:
-    """Refuse a JSON / JSON Lines file that does not parse, naming the file and the line.
+def check_json_records(path: str | os.PathLike[str]) -> int:
+    """Refuse a JSON / JSON Lines file that does not parse, naming the file and the line; return its records.
 
     A ``.json`` file whose text starts with ``[`` is read as one JSON array; any other JSON file as JSON Lines
     (one object per non-blank line), as ``datasets`` reads them.
@@ -67,10 +199,11 @@ def check_json_records(path: str | os.PathLike[str]) -> None:
         raise UsageError(f"{file}: not UTF-8 text ({error.reason})") from error
     if file.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            json.loads(text)
+            records = json.loads(text)
         except json.JSONDecodeError as error:
             raise UsageError(f"{file}:{error.lineno}: malformed JSON ({error.msg})") from error
-        return
+        return len(records)
+    count = 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -82,6 +215,8 @@ def check_json_records(path: str | os.PathLike[str]) -> None:
             raise UsageError(
                 f"{file}:{number}: expected a JSON object, got {type(record).__name__}"
             )
+        count += 1
+    return count
 
 
 def check_step_model(config: Any) -> None:
@@ -110,9 +245,19 @@ def check_training(script_args: Any, config: Any) -> None:
     """
     if script_args.model_name_or_path != EMBEDDED_TINY:
         check_model_path(script_args.model_name_or_path, "model_name_or_path")
-    check_positive("learning_rate", config.learning_rate)
-    check_positive("per_device_train_batch_size", config.per_device_train_batch_size)
-    check_positive("gradient_accumulation_steps", config.gradient_accumulation_steps)
+    check_ranges(config)
+    check_ranges(script_args)
+    if script_args.dataset_name != "synthetic":
+        check_data_file(script_args.dataset_name, "dataset_name")
+        source = script_args.dataset_test_split
+        if Path(source).suffix.lower() in DATA_FILE_BUILDERS or looks_local(source):
+            check_data_file(source, "dataset_test_split")
+    check_report_to(config.report_to)
+    if config.deepspeed:
+        check_package("deepspeed", "deepspeed", "deepspeed")
+    if getattr(config, "use_vllm", False):
+        check_package("vllm", "vllm", "use_vllm")
+    check_writable_dir(str(config.output_dir), "output_dir")
     if config.max_steps == 0 or config.max_steps < -1:
         raise UsageError(
             f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {config.max_steps}"
@@ -130,12 +275,6 @@ def check_training(script_args: Any, config: Any) -> None:
             "m_F is 0 and CAPO masks nothing; use >= 2"
         )
     check_step_model(config)
-    for name in ("num_train_problems", "max_prompt_length", "eval_max_new_tokens", "cpu_threads"):
-        value = getattr(script_args, name)
-        if value is not None:
-            check_positive(name, value)
-    if script_args.num_test_problems < 0 or script_args.eval_every < 0:
-        raise UsageError("num_test_problems and eval_every must be >= 0")
     if not script_args.reward_funcs:
         raise UsageError("reward_funcs is empty; name at least one reward function")
 
@@ -175,3 +314,8 @@ def check_evaluation(args: Any) -> None:
     if args.plain and args.system_prompt is not None:
         raise UsageError("--system-prompt needs chat prompts; drop --plain")
     check_model_path(args.model, "--model")
+    if args.backend == "vllm":
+        check_package("vllm", "vllm", "--backend vllm")
+    for benchmark in args.benchmarks:
+        if Path(benchmark).exists() or Path(benchmark).suffix:
+            check_data_file(benchmark, "--benchmarks")

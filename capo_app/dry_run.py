@@ -5,22 +5,27 @@ overrides (no bf16, no vLLM, no reporting, a temporary output folder); check the
 recipe's declared ``completions_per_step`` on ``expected_num_processes`` GPUs; build a stand-in model of the same
 architecture family (from the model's config if it is on disk, else guessed from its name) with the offline tiny
 tokenizer, a few synthetic prompts, the reward functions, and construct ``CAPOTrainer``. Prints one paragraph on
-what the real run would do and returns 0, or prints the problems and returns 1.
+what the real run would do and returns 0; the problems found (the real run's own checks, :func:`preflight`,
+on the recipe's real values) are one ``capo: error:`` line, exit 2.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from capo.kl_budget import unsupported_reason
 from capo.trainer import CAPOTrainer
-from capo_app.checks import UsageError, check_training
+from capo_app.checks import UsageError
 from capo_app.data import load_math_dataset, make_arithmetic_dataset
+from capo_app.preflight import preflight
 from capo_app.recipe import (
     EMBEDDED_TINY,
     SYNTHETIC,
@@ -251,6 +256,21 @@ def _lengths(values: dict[str, Any]) -> tuple[int, int]:
     )
 
 
+def _processes(values: dict[str, Any], numbers: dict[str, int]) -> str:
+    n = numbers["processes"]
+    cpu = values.get("use_cpu") or values.get("model_name_or_path") == EMBEDDED_TINY
+    return f"{n} {'CPU' if cpu else 'GPU'} process{'es' if n > 1 else ''}"
+
+
+def _prompt_filter(values: dict[str, Any]) -> str:
+    limit = values.get("max_prompt_length")
+    return (
+        "prompts of any length"
+        if limit is None
+        else f"prompts up to {limit} tokens (longer ones dropped)"
+    )
+
+
 def _paragraph(values: dict[str, Any], numbers: dict[str, int], built: StandIn, method: str) -> str:
     """The one paragraph on what the real run would do."""
     steps = int(values.get("max_steps") or -1)
@@ -258,25 +278,27 @@ def _paragraph(values: dict[str, Any], numbers: dict[str, int], built: StandIn, 
     total = (
         f" ({steps * numbers['completions_per_step']:,} completions in all)" if steps > 0 else ""
     )
-    max_prompt, max_completion = _lengths(values)
+    max_completion = _lengths(values)[1]
     return (
         f"Dry run OK: {built.trainer} was built on a 2-layer {built.family} stand-in model with the offline tiny "
         f"tokenizer and 16 synthetic prompts; nothing was downloaded. The real run trains {method} "
         f"({values.get('capo_variant')} objective; {_thresholds(values)}) on {values['model_name_or_path']} "
-        f"({built.family}, {built.found}) with {built.dataset_note}, on {numbers['processes']} GPU process(es): "
+        f"({built.family}, {built.found}) with {built.dataset_note}, on {_processes(values, numbers)}: "
         f"{values['per_device_train_batch_size']} per device x {numbers['processes']} x "
         f"{values['gradient_accumulation_steps']} accumulation = {numbers['completions_per_step']} completions "
         f"({numbers['prompts_per_step']} prompts x G {values.get('num_generations')}) per optimizer step, "
         f"{steps_text}{total}; lr {values['learning_rate']:g} with a {values.get('lr_scheduler_type')} schedule "
         f"and {built.warmup} warm-up step(s), beta {values.get('beta')}, temperature {values.get('temperature')}, "
-        f"prompts up to {max_prompt} and completions up to {max_completion} tokens, "
-        f"{'bf16' if values.get('bf16') else 'fp32'}; generation by {_generation_backend(values)}; "
+        f"{_prompt_filter(values)} and completions up to {max_completion} tokens, "
+        f"{precision(values)}; generation by {_generation_backend(values)}; "
         f"output in {values.get('output_dir')}."
     )
 
 
-def _launch_line(argv: Sequence[str], processes: int) -> str:
+def _launch_line(argv: Sequence[str], processes: int, kl_budget: bool = False) -> str:
     rest = " ".join(a for a in argv if a not in ("--dry-run", "--dry_run"))
+    if processes > 1 and kl_budget:  # the KL budget refuses DeepSpeed: plain DDP
+        return f"Launch: accelerate launch --multi_gpu --num_processes {processes} -m capo_app train {rest}"
     if processes > 1:
         return (
             "Launch: accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes "
@@ -292,10 +314,10 @@ def dry_run(argv: Sequence[str]) -> int:
         argv: Command-line arguments (``--config``, overrides, ``--dry-run``).
 
     Returns:
-        0 if the recipe is valid; 1 after listing its problems (and no "OK") otherwise.
+        0 if the recipe is valid.
 
     Raises:
-        UsageError: When the configuration itself is invalid (it cannot even be built).
+        UsageError: Listing the recipe's problems in one line (the configuration itself invalid included).
     """
     values = resolve_values(argv)
     numbers, errors, notes = batch_arithmetic(values)
@@ -305,17 +327,56 @@ def dry_run(argv: Sequence[str]) -> int:
         except ValueError as error:
             raise UsageError(f"invalid configuration: {error}") from error
         try:
-            check_training(script_args, config)
+            preflight(script_args, real_settings(config, values))  # the real run's own checks
         except UsageError as error:
             errors.append(str(error))
-        built = _stand_in(values, script_args, config, errors)
+        kl_refusal = _kl_budget_refusal(values)
+        if kl_refusal is not None:
+            errors.append(kl_refusal)
+        built = None if errors else _stand_in(values, script_args, config, errors)
     for note in notes:
         print(f"note: {note}")
-    if errors:
-        print(f"Dry run found {len(errors)} problem(s); the recipe would not run as written:")
-        for problem in errors:
-            print(f"error: {problem}")
-        return 1
+    if errors or built is None:
+        raise UsageError(
+            f"the dry run found {len(errors)} problem(s), the recipe would not run as written: "
+            + "; ".join(errors)
+        )
     print(_paragraph(values, numbers, built, effective_method(config).label))
-    print(_launch_line(argv, numbers["processes"]))
+    print(_launch_line(argv, numbers["processes"], values.get("capo_kl_budget") is not None))
     return 0
+
+
+#: The settings the stand-in swaps out (:data:`CPU_OVERRIDES`) that the real run's checks must still see.
+_CHECKED_AS_WRITTEN = ("output_dir", "report_to", "deepspeed", "use_vllm", "fp16", "bf16")
+
+
+def real_settings(config: Any, values: dict[str, Any]) -> Any:
+    """The stand-in's config with the recipe's own output folder, reporting, DeepSpeed, vLLM and precision."""
+    real = copy.copy(config)
+    for name in _CHECKED_AS_WRITTEN:
+        if name in values:
+            object.__setattr__(real, name, values[name])
+    return real
+
+
+def _kl_budget_refusal(values: dict[str, Any]) -> str | None:
+    """What the KL budget refuses in the real set-up (DeepSpeed, FSDP, fp16 scaling, the optimizer)."""
+    if values.get("capo_kl_budget") is None:
+        return None
+    setup = SimpleNamespace(
+        is_deepspeed_enabled=bool(values.get("deepspeed")),
+        is_fsdp_enabled=bool(values.get("fsdp")),
+        accelerator=SimpleNamespace(scaler=object() if values.get("fp16") else None),
+        optimizer=None,
+        args=SimpleNamespace(optim=str(getattr(values.get("optim"), "value", values.get("optim")))),
+    )
+    return unsupported_reason(setup)
+
+
+def precision(values: dict[str, Any]) -> str:
+    """The precision the real run trains in: TRL's ``bf16`` defaults to ``not fp16`` when unset."""
+    if values.get("fp16"):
+        return "fp16"
+    if values.get("bf16") is None:
+        return "bf16 (TRL's default when bf16 is not set; bf16: false trains in fp32)"
+    return "bf16" if values.get("bf16") else "fp32"

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from capo_app.report import (
+    KL_SCALE,
     REJECTION,
     REJECTION_FISHER,
     REJECTION_HESSIAN,
@@ -129,8 +130,13 @@ def accuracy_and_reward(
     return _save(fig, path, title)
 
 
-def rejection_rate(history: Records, path: Path, title: str) -> Path | None:
-    """Fraction of tokens rejected per step: total and per criterion (Hessian band, Fisher bound)."""
+def rejection_rate(
+    history: Records, path: Path, title: str, unit: str = "token", masking: bool = True
+) -> Path | None:
+    """Fraction of units rejected per step: total and per criterion (Hessian band, Fisher bound).
+
+    Without masking (shift tracking) the fractions are what CAPO would reject, and the plot says so.
+    """
     curves = [(REJECTION, "#000000", "total"), (REJECTION_HESSIAN, "#1f77b4", "Hessian band"),
               (REJECTION_FISHER, "#ff7f0e", "Fisher bound")]  # fmt: skip
     data = [(series(history, key), color, label) for key, color, label in curves]
@@ -142,7 +148,9 @@ def rejection_rate(history: Records, path: Path, title: str) -> Path | None:
             ax.plot(xs, [100.0 * y for y in ys], color=color, linewidth=2.0 if label == "total" else 1.3,
                     marker="o" if len(xs) <= 60 else None, markersize=2.5, label=label)  # fmt: skip
     ax.set_ylim(bottom=0.0)
-    _style(ax, "optimizer step", "rejected tokens (%)", "token rejection rate (paper Fig. 5)")
+    verb = "rejected" if masking else "CAPO would reject (not masked)"
+    _style(ax, "optimizer step", f"{unit}s {verb} (%)", f"{unit} rejection rate (paper Fig. 5)"
+           if masking else f"{unit}s CAPO would reject: shift tracking, nothing masked")  # fmt: skip
     ax.legend(fontsize=9)
     return _save(fig, path, title)
 
@@ -170,8 +178,9 @@ def curvature(
     path: Path,
     title: str,
     thresholds: Mapping[str, float | None],
+    unit: str = "token",
 ) -> Path | None:
-    """Token-level m_H / m_F statistics and the global (batch) m_H / m_F of the update (paper Fig. 3).
+    """Per-subset (``unit``: token, completion, group, batch) m_H / m_F statistics and the global (batch) m_H / m_F of the update (paper Fig. 3).
 
     m_H panels use a symmetric log scale (m_H has either sign), m_F panels a log scale; the acceptance bounds
     of eq 11 are drawn as dashed lines.
@@ -183,10 +192,10 @@ def curvature(
         (
             axes[0][0],
             "m_H",
-            "token-level m_H (predicted objective shift)",
+            f"{unit}-level m_H (predicted objective shift)",
             ("hessian_low", "hessian_high"),
         ),
-        (axes[0][1], "m_F", "token-level m_F (predicted policy shift)", ("fisher_max",)),
+        (axes[0][1], "m_F", f"{unit}-level m_F (predicted policy shift)", ("fisher_max",)),
     ]
     for ax, kind, label, bounds in panels:
         stats = keys.get(f"token_{kind}", {})
@@ -268,6 +277,21 @@ def true_kl(history: Records, global_mf_key: str | None, path: Path, title: str)
     return _save(fig, path, title)
 
 
+def kl_scale(history: Records, path: Path, title: str, budget: float | None) -> Path | None:
+    """The KL budget's lr scale per step (1: the step fits the budget), drawn when a budget was set."""
+    xs, ys = series(history, KL_SCALE)
+    if budget is None or not xs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(xs, ys, color="#2ca02c", linewidth=2.0, marker=_marker(xs), markersize=2.5,
+            label=f"lr scale s (KL budget δ = {budget:g})")  # fmt: skip
+    ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1.0, label="unscaled")
+    ax.set_ylim(0.0, 1.05)
+    _style(ax, "optimizer step", "lr scale", "KL budget: step scale (extension, not CAPO)")
+    ax.legend(fontsize=9)
+    return _save(fig, path, title)
+
+
 def plot_log(
     log: Mapping[str, Any],
     output_dir: str | os.PathLike[str],
@@ -290,17 +314,21 @@ def plot_log(
     if thresholds is None:
         thresholds = {k: run.get(k) for k in ("hessian_low", "hessian_high", "fisher_max")}
     title = run.get("title") or (log.get("summary") or {}).get("method") or "capo train"
-    accuracy_png, rejection_png, curvature_png, kl_png = PLOT_FILES
+    accuracy_png, rejection_png, curvature_png, kl_png, kl_scale_png = PLOT_FILES
+    unit = str(run.get("granularity") or "token")
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = [
         accuracy_and_reward(
             history, list(log.get("test_accuracy", [])), folder / accuracy_png, title
         ),
-        rejection_rate(history, folder / rejection_png, title),
-        curvature(
-            history, curvature_keys(history), folder / curvature_png, title, dict(thresholds)
+        rejection_rate(
+            history, folder / rejection_png, title, unit, bool(run.get("masking", True))
         ),
+        curvature(
+            history, curvature_keys(history), folder / curvature_png, title, dict(thresholds), unit
+        ),
+        kl_scale(history, folder / kl_scale_png, title, run.get("kl_budget")),
         true_kl(history, curvature_keys(history)["global"].get("m_F"), folder / kl_png, title),
     ]
     return [p for p in written if p is not None]

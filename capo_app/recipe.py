@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import yaml
 
 from capo.methods import PRESETS, Method, method_of, normalize_method
+from capo_app.field_values import checked_values
 
 if TYPE_CHECKING:
     from capo.config import CAPOConfig
@@ -281,7 +283,19 @@ def recipe_parser() -> Any:
 
     from capo.config import CAPOConfig
 
-    return TrlParser(cast(Any, (ScriptArguments, CAPOConfig)), prog="capo train")
+    parser = TrlParser(cast(Any, (ScriptArguments, CAPOConfig)), prog="capo train")
+    for (
+        action
+    ) in parser._actions:  # a literal % in a field's help would break argparse's formatting
+        if action.help:
+            action.help = re.sub(r"%(?!\()", "%%", action.help)
+    parser.error = _parse_error  # type: ignore[method-assign]
+    return parser
+
+
+def _parse_error(message: str) -> NoReturn:
+    """A command-line value argparse cannot convert: one line naming the option and the value."""
+    raise ValueError(message)
 
 
 def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -299,6 +313,7 @@ def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """
     defaults, rest, config_path = layered_defaults(list(argv or []))
     parser = recipe_parser()
+    untouched = {action.dest: action.default for action in parser._actions}
     unknown = parser.set_defaults_with_config(**defaults)
     if unknown:
         keys = sorted(k[2:] for k in unknown[::2])
@@ -309,7 +324,9 @@ def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
     namespace, extra = parser.parse_known_args(args=rest)
     if extra:
         raise ValueError(f"unknown arguments: {extra}")
-    values = vars(namespace)
+    from capo.config import CAPOConfig
+
+    values = checked_values(vars(namespace), (ScriptArguments, CAPOConfig), untouched)
     values["method"] = check_method(values.get("method"))
     return values
 

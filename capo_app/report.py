@@ -36,6 +36,7 @@ REJECTION_HESSIAN = metrics.REJECTION_RATE_HESSIAN
 REJECTION_FISHER = metrics.REJECTION_RATE_FISHER
 COMPLETIONS = metrics.COMPLETIONS_SEEN
 TRUE_KL = metrics.TRUE_KL
+KL_SCALE = metrics.KL_SCALE
 REWARD = "reward"
 
 _STAT_ORDER = ("mean", "p50", "p99", "max", "min")
@@ -130,6 +131,8 @@ def summarize(
     *,
     method: str | None = None,
     wall_time_s: float | None = None,
+    granularity: str = "token",
+    masking: bool = True,
 ) -> dict[str, Any]:
     """The run's headline numbers.
 
@@ -138,6 +141,9 @@ def summarize(
         test_accuracy: ``{"step", "completions", "accuracy"}`` points; the first is "before", the last "after".
         method: Method name for the table.
         wall_time_s: Wall time of the whole command.
+        granularity: What the acceptance test accepts or rejects (token, completion, group, batch).
+        masking: Whether rejected units were masked; without masking (shift tracking) the rates are what CAPO
+            would reject.
 
     Returns:
         A flat dict: ``method``, ``steps``, ``completions``, ``test_accuracy_before`` / ``_after``,
@@ -170,7 +176,26 @@ def summarize(
         "rejection_rate_fisher_peak": max(fish) if fish else None,
         "global_m_F_peak": max(global_mf) if global_mf else None,
         "true_kl_peak": max(true_kl) if true_kl else None,
+        **_kl_scale_stats(history),
         "wall_time_s": wall_time_s,
+        "granularity": granularity,
+        "masking": masking,
+    }
+
+
+def _kl_scale_stats(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The KL budget's lr scale: min, median and the steps it scaled (None when no step was scaled)."""
+    _, scale = series(history, KL_SCALE)
+    if not scale or min(scale) >= 1.0:
+        return {"kl_scale_min": None, "kl_scale_median": None, "kl_steps_scaled": None}
+    ordered = sorted(scale)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    scaled = sum(s < 1.0 for s in scale)
+    return {
+        "kl_scale_min": min(scale),
+        "kl_scale_median": median,
+        "kl_steps_scaled": f"{scaled} of {len(scale)}",
     }
 
 
@@ -205,8 +230,22 @@ _ROWS = (
     ("  rejected by Fisher, peak", "rejection_rate_fisher_peak", "{:.2%}"),
     ("global m_F, peak", "global_m_F_peak", "{:.3g}"),
     ("true KL per step, peak", "true_kl_peak", "{:.3g}"),
+    ("KL budget lr scale, min", "kl_scale_min", "{:.3g}"),
+    ("KL budget lr scale, median", "kl_scale_median", "{:.3g}"),
+    ("  steps scaled", "kl_steps_scaled", "{}"),
     ("wall time (after imports)", "wall_time_s", "{:.0f} s"),
 )
+
+
+def rejection_label(label: str, summary: Mapping[str, Any]) -> str:
+    """A row label with the run's granularity, and "would reject" when nothing was masked (shift tracking)."""
+    unit = str(summary.get("granularity") or "token")
+    if not label.startswith("token rejection rate"):
+        return label
+    what = (
+        f"{unit} rejection rate" if summary.get("masking", True) else f"{unit}s CAPO would reject"
+    )
+    return what + label[len("token rejection rate") :]
 
 
 def format_summary_table(summary: Mapping[str, Any], title: str = "capo train: summary") -> str:
@@ -216,7 +255,7 @@ def format_summary_table(summary: Mapping[str, Any], title: str = "capo train: s
         value = summary.get(key)
         if value is None:
             continue
-        rows.append((label, fmt.format(value)))
+        rows.append((rejection_label(label, summary), fmt.format(value)))
     width = max((len(label) for label, _ in rows), default=10)
     value_width = max((len(v) for _, v in rows), default=5)
     rule = "-" * (width + value_width + 3)

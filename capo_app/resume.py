@@ -32,12 +32,28 @@ from capo.checkpoint import (
 from capo_app.checks import UsageError
 
 __all__ = [
+    "IDENTITY_FIELDS",
     "RUN_RECORD_FILE",
     "ResumeError",
     "ResumePoint",
+    "check_same_run",
+    "is_complete",
     "last_resumable",
     "resume_point",
+    "run_identity",
 ]
+
+#: The settings that make a run what it is; a resume that changes one of them would train another run.
+IDENTITY_FIELDS = (
+    "model_name_or_path", "dataset_name", "dataset_config", "dataset_train_split", "synthetic_task",
+    "num_train_problems", "reward_funcs", "capo_enabled", "capo_variant", "hessian_low", "hessian_high",
+    "fisher_max", "capo_step_model", "capo_granularity", "capo_support_size", "capo_track_shifts",
+    "capo_kl_budget", "capo_kl_model", "max_steps", "num_train_epochs", "learning_rate",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay", "optim",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_generations", "max_completion_length", "temperature", "beta",
+    "loss_type", "seed",
+)  # fmt: skip
 
 RUN_RECORD_FILE = "capo_run.json"
 """The application's run record inside a checkpoint (history, accuracy points, wall time, resumes)."""
@@ -149,3 +165,51 @@ def resume_point(
     point = _checked(text, without_capo_state)
     print(f"capo train: resuming from {point.checkpoint} (step {point.step})")
     return point
+
+
+def _plain(value: Any) -> Any:
+    value = getattr(value, "value", value)  # an Enum (optim, lr_scheduler_type)
+    return (
+        value
+        if isinstance(value, bool | int | float | str | type(None))
+        else json.dumps(value, sort_keys=True, default=str)
+    )
+
+
+def run_identity(script_args: Any, config: Any) -> dict[str, Any]:
+    """The values of :data:`IDENTITY_FIELDS` (JSON-ready), read from the two dataclasses."""
+    out = {}
+    for name in IDENTITY_FIELDS:
+        for source in (script_args, config):
+            if hasattr(source, name):
+                out[name] = _plain(getattr(source, name))
+    return out
+
+
+def check_same_run(point: ResumePoint, identity: dict[str, Any]) -> None:
+    """Refuse a resume whose settings change what the run is (method, thresholds, schedule, batch, ...).
+
+    Raises:
+        ResumeError: One line naming each changed field with its recorded and its new value.
+    """
+    recorded = point.record.get("identity")
+    if not isinstance(recorded, dict):
+        return  # a checkpoint written before runs recorded their identity
+    changed = [
+        f"{name} {recorded[name]!r} -> {identity[name]!r}"
+        for name in identity
+        if name in recorded and recorded[name] != identity[name]
+    ]
+    if changed:
+        raise ResumeError(
+            f"resuming {point.checkpoint} with other settings would mix two runs: "
+            f"{'; '.join(changed)}; resume with the run's own settings, or start a new run in another "
+            "--output-dir"
+        )
+
+
+def is_complete(point: ResumePoint, max_steps: int) -> bool:
+    """True when the checkpoint already holds every optimizer step of the run."""
+    planned = int(_read(point.checkpoint, TRAINER_STATE_FILE).get("max_steps", 0) or 0)
+    target = max_steps if max_steps > 0 else planned
+    return target > 0 and point.step >= target

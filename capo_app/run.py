@@ -30,6 +30,7 @@ from capo_app.data import (
     TINY_PROMPT,
     PromptFormat,
     load_math_dataset,
+    load_prompt_format,
     make_arithmetic_dataset,
     save_prompt_format,
 )
@@ -42,20 +43,33 @@ from capo_app.recipe import (
     default_tiny_cache,
     effective_method,
 )
-from capo_app.resume import ResumePoint
+from capo_app.resume import ResumePoint, run_identity
 from capo_app.rewards import reward_functions
 from capo_app.run_folder import LOG_FILE
 from capo_app.run_record import RunRecorder
-from capo_app.tiny import build_tiny_model, build_tiny_tokenizer, tiny_setup
+from capo_app.tiny import (
+    build_tiny_model,
+    build_tiny_tokenizer,
+    load_tiny_model,
+    shipped_tiny_dir,
+    tiny_setup,
+)
+
+#: The synthetic task's held-out problems are one fixed set per task whatever ``--seed`` (the splits are disjoint
+#: by construction), so "test accuracy before" of one model is one number.
+HELD_OUT_SEED = 0
 
 
 def train_prompt_format(script_args: ScriptArguments) -> PromptFormat:
-    """How the run turns questions into prompts: the tiny model's plain frame, else the boxed chat message.
+    """How the run turns questions into prompts: as the model was trained, else a default for it.
 
-    The embedded tiny model was warm-started on its plain ``Q: ...`` frame only, so it gets that frame whatever
-    the dataset.
+    A model trained by ``capo train`` (or a checkpoint of one) keeps the format its folder records. The
+    embedded tiny model was warm-started on its plain ``Q: ...`` frame only, so it gets that frame whatever
+    the dataset; any other model gets the boxed chat message.
     """
-    return TINY_PROMPT if script_args.model_name_or_path == EMBEDDED_TINY else MATH_PROMPT
+    if script_args.model_name_or_path == EMBEDDED_TINY:
+        return TINY_PROMPT
+    return load_prompt_format(script_args.model_name_or_path) or MATH_PROMPT
 
 
 def _first_line(error: BaseException) -> str:
@@ -77,6 +91,9 @@ def load_policy(
     if name == EMBEDDED_TINY:
         _check_support_fits(config, len(build_tiny_tokenizer()))
         setup = tiny_setup(script_args.synthetic_task, script_args.warm_start_steps)
+        shipped = shipped_tiny_dir(setup)
+        if shipped is not None:  # the default: the same bytes on every machine
+            return load_tiny_model(shipped)
         folder = default_tiny_cache(script_args) / f"tiny-{setup.config_hash()}"
         return build_tiny_model(folder, setup, progress=True)
     try:
@@ -193,14 +210,25 @@ def completions_per_step(config: CAPOConfig, num_processes: int) -> int:
     )
 
 
+def method_label(config: CAPOConfig) -> str:
+    """The method as trained: its registry label, plus the KL budget when one scales the steps (not CAPO)."""
+    label = effective_method(config).label
+    budget = config.capo_kl_budget
+    return label if budget is None else f"{label} + KL budget δ = {budget:g}"
+
+
 def run_description(script_args: ScriptArguments, config: CAPOConfig) -> dict[str, Any]:
     """The ``run`` section of the log: method, model, dataset, thresholds, and the resolved configuration."""
     method = effective_method(config)
     curvature = config.capo_enabled
+    label = method_label(config)
     return {
         "method": method.key,
-        "label": method.label,
-        "title": f"{method.label} · {Path(script_args.model_name_or_path).name} · "
+        "label": label,
+        "granularity": str(getattr(config, "capo_granularity", "token")),
+        "masking": bool(config.capo_enabled),
+        "kl_budget": config.capo_kl_budget,
+        "title": f"{label} · {Path(script_args.model_name_or_path).name} · "
         f"{Path(script_args.dataset_name).name}",
         "model": script_args.model_name_or_path,
         "dataset": script_args.dataset_name,
@@ -281,7 +309,8 @@ def train(
     )  # fmt: skip
     if script_args.eval_every > 0:
         trainer.add_callback(AccuracyCallback(tracker, script_args.eval_every, trainer))
-    recorder = RunRecorder(resume, start, per_step, lambda: tracker.points)
+    identity = run_identity(script_args, config)
+    recorder = RunRecorder(resume, start, per_step, lambda: tracker.points, identity)
     trainer.add_callback(recorder)
     tracker.points = recorder.earlier_accuracy()  # a resumed run's step-0 accuracy is in its record
     main_process = trainer.accelerator.is_main_process
@@ -310,7 +339,10 @@ def _log(
     run: dict[str, Any], history: list[dict[str, Any]], points: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """The log object (:mod:`capo_app.report`): summary, run, per-step history, accuracy points."""
-    summary = report.summarize(history, points, method=run["label"], wall_time_s=seconds)
+    summary = report.summarize(
+        history, points, method=run["label"], wall_time_s=seconds,
+        granularity=run["granularity"], masking=run["masking"],
+    )  # fmt: skip
     return {"summary": summary, "run": run, "history": history, "test_accuracy": points}
 
 

@@ -18,7 +18,13 @@ LOG_FILE = "log.json"
 PROMPT_FILE = "capo_prompt.json"
 EVAL_DIR = "capo_eval"
 EVAL_RESULTS_FILE = "eval_results.json"
-PLOT_FILES = ("accuracy_reward.png", "rejection_rate.png", "curvature.png", "true_kl.png")
+PLOT_FILES = (
+    "accuracy_reward.png",
+    "rejection_rate.png",
+    "curvature.png",
+    "true_kl.png",
+    "kl_scale.png",
+)
 MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -50,14 +56,53 @@ def run_artefacts(folder: str | os.PathLike[str]) -> list[Path]:
     return found + sorted(p for pattern in _RUN_GLOBS for p in root.glob(pattern))
 
 
+#: Weights and adapters in the formats a folder may hold (a run of ours writes safetensors only).
+_FOREIGN_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin",
+                    "adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "*.gguf")  # fmt: skip
+
+
 def holds_run(folder: str | os.PathLike[str]) -> bool:
-    """True when ``folder`` holds a run: a log, a prompt file, model weights or a checkpoint."""
+    """True when ``folder`` holds anything a run would write or overwrite.
+
+    Any weights format counts (safetensors, ``pytorch_model.bin``, adapters), as do configs, tokenizer files,
+    logs, plots, checkpoints and evaluations.
+    """
     root = Path(folder)
-    return any((root / name).exists() for name in _RUN_MARKERS) or any(root.glob("checkpoint-*"))
+    return bool(run_artefacts(folder)) or any(
+        any(root.glob(pattern)) for pattern in _FOREIGN_WEIGHTS
+    )
+
+
+def is_ours(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` was written by ``capo train`` (its log or its prompt file is there)."""
+    return any((Path(folder) / name).exists() for name in (LOG_FILE, PROMPT_FILE))
+
+
+def check_claim(folder: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> None:
+    """Refuse a folder that holds something unless the run resumes it or may overwrite it (a run of ours).
+
+    Raises:
+        UsageError: For a folder holding another run (without ``overwrite``), or files that no run of ours
+            wrote (a foreign model, notes): those are never removed.
+    """
+    if resume or not holds_run(folder):
+        return
+    if not is_ours(folder):
+        names = sorted(p.name for p in Path(folder).iterdir())[:4]
+        raise UsageError(
+            f"{folder} holds files capo train did not write ({', '.join(names)}, ...): a model or notes "
+            "of someone else, which --overwrite_output_dir would not remove; use --output-dir DIR for a "
+            "new folder"
+        )
+    if not overwrite:
+        raise UsageError(
+            f"{folder} holds another run; pass --overwrite_output_dir true to replace it, --output-dir DIR "
+            "for a new folder, or --resume_from_checkpoint to continue it"
+        )
 
 
 def claim_output_dir(folder: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> None:
-    """Make ``folder`` ready for a new run: refuse one holding another run, or clean it when asked.
+    """Make ``folder`` ready for a new run (:func:`check_claim`), removing the earlier run of ours if asked.
 
     Args:
         folder: The run's ``output_dir``.
@@ -65,15 +110,11 @@ def claim_output_dir(folder: str | os.PathLike[str], *, overwrite: bool, resume:
         resume: The run continues from a checkpoint in the folder (``--resume_from_checkpoint``): keep all.
 
     Raises:
-        UsageError: When the folder holds another run and neither ``overwrite`` nor ``resume`` is set.
+        UsageError: See :func:`check_claim`.
     """
+    check_claim(folder, overwrite=overwrite, resume=resume)
     if resume or not holds_run(folder):
         return
-    if not overwrite:
-        raise UsageError(
-            f"{folder} holds another run; pass --overwrite_output_dir true to replace it, --output-dir DIR "
-            "for a new folder, or --resume_from_checkpoint to continue it"
-        )
     for path in run_artefacts(folder):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

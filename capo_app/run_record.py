@@ -30,6 +30,7 @@ class RunRecorder(TrainerCallback):
         started: ``time.perf_counter()`` when this command started.
         completions_per_step: For the history's completions count (:func:`capo_app.report.history_from_log_history`).
         test_accuracy: The held-out accuracy points so far.
+        identity: The settings that make the run what it is (:func:`capo_app.resume.run_identity`).
     """
 
     def __init__(
@@ -38,8 +39,10 @@ class RunRecorder(TrainerCallback):
         started: float,
         completions_per_step: int,
         test_accuracy: Callable[[], list[dict[str, Any]]],
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.started = started
+        self.identity = identity or {}
         self.resume = resume
         self.previous = resume.record if resume is not None else {}
         self.completions_per_step = completions_per_step
@@ -72,6 +75,7 @@ class RunRecorder(TrainerCallback):
             "test_accuracy": self.test_accuracy(),
             "wall_time_s": self.wall_time_s(),
             "resumes": self.resumes,
+            "identity": self.identity,
         }
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from capo_app.checks import UsageError, check_training
-from capo_app.launch import launch_overrides
+from capo_app.checks import UsageError
+from capo_app.launch import end_process_group, launch_overrides
+from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
-from capo_app.resume import ResumePoint, resume_point
+from capo_app.resume import ResumePoint, is_complete
 from capo_app.run_folder import claim_output_dir
 
 if TYPE_CHECKING:
@@ -114,16 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         script_args, config, _ = parse_recipe(argv, overrides=launch_overrides())
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error
-    check_training(script_args, config)
-    resume = resume_point(
-        str(config.output_dir), config.resume_from_checkpoint, script_args.resume_without_capo_state
-    )
+    resume = preflight(script_args, config)
+    if resume is not None and is_complete(resume, int(config.max_steps)):
+        print(
+            f"capo train: the run in {config.output_dir} is complete ({resume.step} optimizer steps, "
+            f"{resume.checkpoint}); nothing to train"
+        )
+        return 0
     claim_output_dir(
         str(config.output_dir),
         overwrite=script_args.overwrite_output_dir,
         resume=resume is not None,
     )
-    train(script_args, config, resume)
+    try:
+        train(script_args, config, resume)
+    finally:  # a launched process leaves its group before the interpreter exits
+        end_process_group()
     return 0
 
 

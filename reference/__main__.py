@@ -7,10 +7,10 @@ Prints one row per comparison (see :mod:`reference.agreement`) and exits 0 iff e
 
 from __future__ import annotations
 
-import argparse
 import sys
 import unicodedata
 
+from capo_app.boundary import OneLineParser, guarded
 from reference.agreement import AGREEMENT_RTOL, compare_case
 from toy_mdps import CASES, case_by_id
 
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 if every comparison agrees, 1 otherwise.
     """
-    parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__)
+    return guarded("python -m reference", lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = OneLineParser(prog="python -m reference", description=__doc__)
     parser.add_argument("--all", action="store_true", help="run every case of toy_mdps.CASES")
     args = parser.parse_args(argv)
 

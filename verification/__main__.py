@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from capo_app.boundary import OneLineParser, UsageError, guarded
 from verification import agreement as ag
 from verification import plots, report
 from verification import truncation as tr
@@ -255,19 +255,26 @@ def theorems(out: Path, quick: bool) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the chosen report, print its summary table, return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m verification", description=__doc__)
-    parser.add_argument("command", choices=["agreement", "theorems"])
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument(
-        "--quick", action="store_true", help="small grids (< 60 s), as in the tests"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    ok = (agreement if args.command == "agreement" else theorems)(args.out, args.quick)
-    text = (args.out / "report.md").read_text()
-    print(text.split("\n\nExit code")[0])
-    print(f"\nreport: {args.out / 'report.md'}; must-hold checks {'pass' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    prog = "python -m verification"
+
+    def run() -> int:
+        parser = OneLineParser(prog=prog, description=__doc__)
+        parser.add_argument("command", choices=["agreement", "theorems"])
+        parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+        parser.add_argument(
+            "--quick", action="store_true", help="small grids (< 60 s), as in the tests"
+        )
+        args = parser.parse_args(argv)
+        if args.out.exists() and not args.out.is_dir():  # before minutes of computation, not after
+            raise UsageError(f"--out {args.out}: exists and is not a folder")
+        torch.set_num_threads(1)
+        ok = (agreement if args.command == "agreement" else theorems)(args.out, args.quick)
+        text = (args.out / "report.md").read_text()
+        print(text.split("\n\nExit code")[0])
+        print(f"\nreport: {args.out / 'report.md'}; must-hold checks {'pass' if ok else 'FAIL'}")
+        return 0 if ok else 1
+
+    return guarded(prog, run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
-from capo_app.checks import UsageError, check_json_records, looks_local
+from capo_app.checks import DATA_FILE_BUILDERS, UsageError, check_json_records, looks_local
 from capo_app.data.boxed import last_boxed
 from capo_app.data.prompts import MATH_PROMPT, PromptFormat
 
@@ -30,7 +30,7 @@ SOLUTION_COLUMNS = ("solution", "Solution", "reasoning")
 
 AnswerFormat = Literal["auto", "plain", "boxed", "gsm8k"]
 
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_FILE_BUILDERS = DATA_FILE_BUILDERS
 _GSM8K_MARK = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
 

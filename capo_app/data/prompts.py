@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from capo_app.checks import UsageError
 from capo_app.run_folder import PROMPT_FILE
 
 #: The instruction Qwen2.5-Math is trained with; appended to MATH-style questions.
@@ -77,12 +78,43 @@ def save_prompt_format(prompt_format: PromptFormat, folder: str | os.PathLike[st
     return path
 
 
-def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
-    """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none."""
+def prompt_format_file(folder: str | os.PathLike[str]) -> Path:
+    """Where a model folder's prompt format is: its own file, or its run's for a checkpoint (``RUN/checkpoint-N``)."""
     path = Path(folder) / PROMPT_FILE
+    if not path.is_file() and Path(folder).name.startswith("checkpoint-"):
+        return Path(folder).parent / PROMPT_FILE
+    return path
+
+
+def load_prompt_format(folder: str | os.PathLike[str]) -> PromptFormat | None:
+    """The prompt format saved in a model folder by :func:`save_prompt_format`, or None when there is none.
+
+    A checkpoint folder (``RUN/checkpoint-N``) has the format of its run: ``RUN``'s file is read.
+
+    Raises:
+        UsageError: When the file is there but unreadable or malformed (naming the file).
+    """
+    path = prompt_format_file(folder)
     if not path.is_file():
         return None
-    return PromptFormat(**json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not a readable prompt format ({error})") from error
+    if not isinstance(saved, dict) or set(saved) - {"conversational", "template", "system_prompt"}:
+        raise UsageError(f"{path}: expected an object with conversational, template, system_prompt")
+    if not (
+        isinstance(saved.get("conversational", True), bool)
+        and isinstance(saved.get("template", ""), str)
+        and isinstance(saved.get("system_prompt"), str | None)
+    ):
+        raise UsageError(
+            f"{path}: conversational must be true/false, template a string, system_prompt a string or null"
+        )
+    try:
+        return PromptFormat(**saved)
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from error
 
 
 def completion_text(completion: Any) -> str:

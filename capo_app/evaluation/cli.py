@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capo_app.checks import UsageError, check_evaluation
+from capo_app.checks import UsageError, check_evaluation, check_writable_dir
 from capo_app.evaluation.registry import BENCHMARKS
-from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE, PROMPT_FILE
+from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE
 
 if TYPE_CHECKING:
     from capo_app.data.prompts import PromptFormat
@@ -59,7 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"./{EVAL_DIR}/ORG--NAME for a hub id)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help=f"replace an existing {EVAL_RESULTS_FILE}"
+        "--overwrite",
+        action="store_true",
+        help=f"replace the earlier results of these benchmarks in {EVAL_RESULTS_FILE} (others are kept)",
     )
     parser.add_argument(
         "--prompt-template",
@@ -83,13 +85,14 @@ def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
         TINY_CHAT_PROMPT,
         PromptFormat,
         load_prompt_format,
+        prompt_format_file,
     )
     from capo_app.tiny.build import is_tiny_model_dir
 
     saved = load_prompt_format(args.model)
     custom = args.prompt_template is not None or args.plain or args.system_prompt is not None
     if saved is not None and not custom:
-        return saved, f"as trained ({Path(args.model) / PROMPT_FILE})"
+        return saved, f"as trained ({prompt_format_file(args.model)})"
     default = saved or (TINY_CHAT_PROMPT if is_tiny_model_dir(args.model) else MATH_PROMPT)
     template = args.prompt_template or default.template
     if args.plain:
@@ -100,17 +103,26 @@ def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-    """Where the results go; refuses a folder holding an earlier result unless ``--overwrite``."""
+    """Where the results go; refuses to replace an earlier result of the same benchmark unless ``--overwrite``.
+
+    Results accumulate by benchmark key in one file: another benchmark's earlier result is kept, and
+    ``--overwrite`` replaces only the keys being evaluated.
+    """
+    from capo_app.evaluation.pass_at_1 import read_results
+    from capo_app.evaluation.registry import resolve_benchmark, unique_names
+
     if args.output is not None:
         folder = Path(args.output)
     elif Path(args.model).is_dir():
         folder = Path(args.model) / EVAL_DIR
     else:
         folder = Path(EVAL_DIR) / args.model.replace("/", "--")
-    if (folder / EVAL_RESULTS_FILE).exists() and not args.overwrite:
+    keys = unique_names([resolve_benchmark(b) for b in args.benchmarks])
+    earlier = sorted(set(keys) & set(read_results(folder)["benchmarks"]))
+    if earlier and not args.overwrite:
         raise UsageError(
-            f"{folder / EVAL_RESULTS_FILE} holds an earlier evaluation; pass --output DIR for another folder or "
-            "--overwrite to replace it"
+            f"{folder / EVAL_RESULTS_FILE} holds an earlier evaluation of {', '.join(earlier)}; pass --overwrite to replace "
+            "those results (the other benchmarks' stay) or --output DIR for another folder"
         )
     return folder
 
@@ -123,6 +135,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """
     check_evaluation(args)
     folder = output_dir(args)
+    check_writable_dir(folder, "--output")
     fmt, fmt_source = prompt_format(args)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

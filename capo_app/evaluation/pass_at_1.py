@@ -12,6 +12,7 @@ from typing import Any, Literal
 import datasets
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from capo_app.checks import UsageError
 from capo_app.data.prompts import PromptFormat
 from capo_app.evaluation.benchmarks import load_benchmark
 from capo_app.evaluation.generation import Prompt, generate_hf, generate_vllm
@@ -167,14 +168,51 @@ def results_to_json(results: Sequence[BenchmarkResult], settings: dict[str, Any]
     return {"settings": settings, "benchmarks": summary, "records": records}
 
 
+def read_results(output_dir: str | Path) -> dict[str, Any]:
+    """The results file of ``output_dir`` (empty when there is none).
+
+    Raises:
+        UsageError: When the file is there but is not a results file (it is never overwritten then).
+    """
+    path = Path(output_dir) / EVAL_RESULTS_FILE
+    if not path.is_file():
+        return {"settings": {}, "benchmarks": {}, "records": []}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not a readable results file ({error}); move it away") from error
+    if not isinstance(saved, dict) or not isinstance(saved.get("benchmarks"), dict):
+        raise UsageError(f"{path}: not a capo eval results file; move it away")
+    saved.setdefault("records", [])
+    return saved
+
+
 def write_results(
     results: Sequence[BenchmarkResult], output_dir: str | Path, settings: dict[str, Any]
 ) -> Path:
-    """Write :data:`capo_app.run_folder.EVAL_RESULTS_FILE` under ``output_dir`` and return its path."""
+    """Merge ``results`` into :data:`capo_app.run_folder.EVAL_RESULTS_FILE` under ``output_dir``; return its path.
+
+    The file accumulates by benchmark key: the keys evaluated now replace their earlier entries (summary and
+    records), the others stay. ``settings`` are the latest run's; ``benchmark_settings`` holds each key's own.
+    """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / EVAL_RESULTS_FILE
-    path.write_text(json.dumps(results_to_json(results, settings), indent=2, allow_nan=True) + "\n")
+    merged = read_results(folder)
+    new = results_to_json(results, settings)
+    keys = set(new["benchmarks"])
+    merged["settings"] = settings
+    merged["benchmark_settings"] = {
+        **{k: v for k, v in merged.get("benchmark_settings", {}).items() if k not in keys},
+        **dict.fromkeys(keys, settings),
+    }
+    merged["benchmarks"] = {
+        **{k: v for k, v in merged["benchmarks"].items() if k not in keys},
+        **new["benchmarks"],
+    }
+    kept = [r for r in merged["records"] if r.get("benchmark") not in keys]
+    merged["records"] = kept + new["records"]
+    path.write_text(json.dumps(merged, indent=2, allow_nan=True) + "\n")
     return path
 
 

@@ -9,6 +9,7 @@ from capo_app.tiny.build import (
     is_tiny_model_dir,
     load_tiny_model,
     read_tiny_info,
+    shipped_tiny_dir,
     tiny_setup,
 )
 from capo_app.tiny.model import TinyModelConfig, init_tiny_model, qwen2_config
@@ -30,6 +31,7 @@ __all__ = [
     "load_tiny_model",
     "qwen2_config",
     "read_tiny_info",
+    "shipped_tiny_dir",
     "tiny_setup",
     "warm_start",
 ]

@@ -105,6 +105,20 @@ def _build_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: The embedded default's warm-started model, shipped in the package (``shipped/README.md`` says how it was
+#: made), so that every machine trains from the same bytes: a warm start on another CPU can differ in the last
+#: bits, and those grow into other summary numbers.
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+
+
+def shipped_tiny_dir(setup: TinySetup) -> Path | None:
+    """The shipped folder of ``setup`` (the embedded default's), or None for any other setup (built and cached)."""
+    folder = SHIPPED_DIR / f"tiny-{setup.config_hash()}"
+    if not is_tiny_model_dir(folder):
+        return None
+    return folder if read_tiny_info(folder).get("config_hash") == setup.config_hash() else None
+
+
 def load_tiny_model(
     path: str | os.PathLike[str],
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -48,7 +48,7 @@ ROWS = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]
     [
         (["--learning-rate", "-1"], "learning_rate must be > 0"),
         (["--learning_rate", "0"], "learning_rate must be > 0"),
-        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be > 0"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1"),
         (["--hessian_low", "0.1", "--hessian_high", "0.01"], "must be < hessian_high"),
         (["--max-steps", "0"], "max_steps must be >= 1"),
         (["--capo_support_size", "1"], "CAPO masks nothing"),
@@ -61,7 +61,7 @@ ROWS = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]
             ["--synthetic_task", "extreme"],
             "synthetic_task must be one of easy, medium, hard, got 'extreme'",
         ),
-        (["--num_train_problems", "0"], "num_train_problems must be > 0"),
+        (["--num_train_problems", "0"], "num_train_problems must be >= 1"),
     ],
 )
 def test_bad_training_settings_are_one_line_before_any_model_loads(tmp_path, capsys, args, needle):
@@ -134,7 +134,7 @@ def test_eval_of_a_missing_benchmark_file_says_so(tmp_path, capsys):
         "--output",
         str(tmp_path),
     ]
-    refused(capsys, argv, "benchmark file nope/test.jsonl: no such file")
+    refused(capsys, argv, "--benchmarks nope/test.jsonl: no such file")
 
 
 def test_malformed_benchmark_line_names_the_file_and_the_line(tmp_path, capsys):

@@ -113,7 +113,7 @@ def test_eval_cli_on_local_files_writes_per_benchmark_pass_at_1_and_records(tmp_
             str(tmp_path / "worked.parquet"), "--max-new-tokens", "24", "--output", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "eval_results.json").read_text())
-    assert set(report) == {"settings", "benchmarks", "records"}
+    assert set(report) == {"settings", "benchmark_settings", "benchmarks", "records"}
     assert set(report["benchmarks"]) == {"arith", "worked"}
     for name, summary in report["benchmarks"].items():
         assert set(summary) == {"pass_at_1", "num_problems", "num_scored", "n_samples"}

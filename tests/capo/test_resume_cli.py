@@ -152,3 +152,35 @@ def test_a_killed_run_resumed_with_true_equals_the_uninterrupted_run(
     resumed = re.search(r"resuming from .*checkpoint-(\d+) \(step", printed)
     assert resumed is not None and 1 <= int(resumed.group(1)) <= 2
     assert_same_run(out, uninterrupted)
+
+
+def test_resuming_a_finished_run_says_it_is_complete_and_trains_nothing(
+    uninterrupted, tmp_path, capsys
+):
+    out = tmp_path / "done"
+    shutil.copytree(uninterrupted, out)
+    before = (out / "log.json").read_bytes()
+    argv = train_args(uninterrupted.parent / "cache", out)
+    assert capo_main(["train", *argv, "--resume_from_checkpoint", "true"]) == 0
+    assert "is complete (4 optimizer steps" in capsys.readouterr().out
+    assert (
+        not (out / f"checkpoint-{STEPS + 1}").exists() and (out / "log.json").read_bytes() == before
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--method", "grpo"], "capo_enabled True -> False"),
+        (["--max-steps", "6"], "max_steps 4 -> 6"),
+        (["--learning_rate", "3e-4", "--seed", "2"], "seed 1 -> 2"),
+        (["--per_device_train_batch_size", "4"], "per_device_train_batch_size 8 -> 4"),
+    ],
+)
+def test_resuming_with_settings_that_change_the_run_is_refused(
+    uninterrupted, capsys, change, named
+):
+    argv = [*train_args(uninterrupted.parent / "cache", uninterrupted), *change]
+    assert capo_main(["train", *argv, "--resume_from_checkpoint", "true"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("capo: error: resuming") and named in line
