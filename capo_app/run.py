@@ -55,10 +55,6 @@ from capo_app.tiny import (
     tiny_setup,
 )
 
-#: The synthetic task's held-out problems are one fixed set per task whatever ``--seed`` (the splits are disjoint
-#: by construction), so "test accuracy before" of one model is one number.
-HELD_OUT_SEED = 0
-
 
 def train_prompt_format(script_args: ScriptArguments) -> PromptFormat:
     """How the run turns questions into prompts: as the model was trained, else a default for it.
