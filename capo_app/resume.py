@@ -21,6 +21,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from capo.checkpoint import (
@@ -30,6 +31,7 @@ from capo.checkpoint import (
     missing_files,
 )
 from capo_app.checks import UsageError
+from capo_app.run_folder import LOG_FILE, holds_run
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -158,6 +160,16 @@ def resume_point(
                 f"no complete checkpoint in {output_dir} ({names} are incomplete); name one with "
                 f"--resume_from_checkpoint PATH"
             )
+        if last is None and holds_run(
+            output_dir
+        ):  # a run that saved no checkpoint: nothing to continue
+            steps = finished_steps(output_dir)
+            state = "was stopped" if steps is None else f"finished after {steps} optimizer steps"
+            raise ResumeError(
+                f"{output_dir} holds a run that {state} without saving a checkpoint, so there is nothing to "
+                "resume (save checkpoints with --save_strategy steps --save_steps N); pass "
+                "--overwrite_output_dir true to train it again, or --output-dir DIR for a new run"
+            )
         if last is None:
             print(f"capo train: no checkpoint in {output_dir} yet; starting a fresh run")
             return None
@@ -165,6 +177,16 @@ def resume_point(
     point = _checked(text, without_capo_state)
     print(f"capo train: resuming from {point.checkpoint} (step {point.step})")
     return point
+
+
+def finished_steps(output_dir: str) -> int | None:
+    """The optimizer steps of the finished run in ``output_dir`` (its log's summary), or None if none finished."""
+    try:
+        summary = json.loads((Path(output_dir) / LOG_FILE).read_text()).get("summary") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    steps = summary.get("steps") if isinstance(summary, dict) else None
+    return int(steps) if isinstance(steps, int | float) else None
 
 
 def _plain(value: Any) -> Any:

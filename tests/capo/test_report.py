@@ -60,9 +60,9 @@ def test_summary_of_a_baseline_has_no_rejection_rows():
 def test_summary_table_lists_the_headline_numbers(history):
     table = report.format_summary_table(report.summarize(history, TEST_ACCURACY, method="CAPO"))
     for text in (
-        "test accuracy before",
+        "test accuracy, greedy before",
         "40.0%",
-        "test accuracy after",
+        "test accuracy, greedy after",
         "50.0%",
         "5.00%",
         "0.50%",

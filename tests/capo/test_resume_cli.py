@@ -184,3 +184,14 @@ def test_resuming_with_settings_that_change_the_run_is_refused(
     assert capo_main(["train", *argv, "--resume_from_checkpoint", "true"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("capo: error: resuming") and named in line
+
+
+def test_resuming_a_run_that_saved_no_checkpoint_is_one_line_not_a_fresh_start(tmp_path):
+    """A finished run without checkpoints is named as such; resuming neither retrains nor tramples it."""
+    from capo_app.resume import ResumeError, resume_point
+
+    (tmp_path / "log.json").write_text(json.dumps({"summary": {"steps": 8}}))
+    with pytest.raises(ResumeError, match="finished after 8 optimizer steps without saving"):
+        resume_point(str(tmp_path), "true")
+    (tmp_path / "log.json").unlink()
+    assert resume_point(str(tmp_path), "true") is None  # an empty folder: a fresh start

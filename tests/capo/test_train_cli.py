@@ -107,7 +107,7 @@ def test_short_run_records_every_step_and_capo_eval_prompts_the_model_as_trained
     ]  # fmt: skip
     assert capo_main(["train", *args]) == 0
     printed = capsys.readouterr().out
-    assert "capo train: summary" in printed and "test accuracy before" in printed
+    assert "capo train: summary" in printed and "test accuracy, greedy before" in printed
     log = json.loads((out / "log.json").read_text())
     assert set(log) >= {"summary", "run", "history", "test_accuracy"}
     # logging_steps 2 does not merge steps: one record per optimizer step, counts per step.
