@@ -7,17 +7,19 @@ builds a one-process state (``TrainingArguments.world_size == 1``). DeepSpeed th
 2"), and plain DDP would train every process alone. With ``use_cpu=True`` the processes form one gloo
 group and DeepSpeed ZeRO runs on its ``cpu`` accelerator.
 
-A process that joined a group must also leave it before the interpreter exits (:func:`end_process_group`).
+A process that joined a group must also leave it before the interpreter exits (:func:`end_process_group`), and a
+gloo process ends without the interpreter's finalization (:func:`exit_launched_process`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["end_process_group", "launch_overrides"]
+__all__ = ["end_process_group", "exit_launched_process", "launch_overrides"]
 
 
 def launch_overrides(
@@ -39,7 +41,7 @@ def launch_overrides(
     return {} if has_gpu else {"use_cpu": True}
 
 
-def end_process_group() -> None:
+def end_process_group() -> str | None:
     """Destroy the default process group, if this process started one; call it before the process exits.
 
     Without it a gloo process can abort at exit with "terminate called without an active exception": a
@@ -47,8 +49,33 @@ def end_process_group() -> None:
     through Python, so it asks for the GIL) while the main thread is already in ``Py_FinalizeEx``; CPython then
     ends that thread with ``pthread_exit``, whose forced unwind crosses a ``noexcept`` C++ destructor, so
     ``std::terminate`` aborts the process. The more the machine is loaded, the later the thread runs and the more
-    often it happens. Destroying the group joins those threads while the interpreter is still whole.
+    often it happens. Destroying the group joins those threads while the interpreter is still whole, if nothing
+    else holds the group. Returns the backend of the group it destroyed ("gloo", "nccl", ...), or None if there was none.
     """
     dist = sys.modules.get("torch.distributed")  # a process that never imported it has no group
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    backend = str(dist.get_backend())
+    dist.destroy_process_group()
+    return backend
+
+
+def exit_launched_process(code: int = 0) -> None:
+    """End a launched gloo process now, without the interpreter's finalization; return if there is no group.
+
+    :func:`end_process_group` is not enough on its own: while anything still holds the group (a DDP reducer
+    in a reference cycle that only the final garbage collection frees), its ``pt_gloo_runloop`` threads live on
+    into ``Py_FinalizeEx`` and the abort above can still happen (seen once in a loaded full-suite run). So once
+    the work is done and its files are written, a gloo process flushes what is buffered (stdio, logging, an
+    open W&B run) and leaves with ``os._exit``: no finalization, no thread asking for the GIL during it.
+    Call it last, on success only (an exception must still reach the error boundary).
+    """
+    if end_process_group() != "gloo":
+        return
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

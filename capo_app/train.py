@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from capo_app.checks import UsageError
-from capo_app.launch import end_process_group, launch_overrides
+from capo_app.launch import end_process_group, exit_launched_process, launch_overrides
 from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
 from capo_app.resume import ResumePoint, is_complete
@@ -129,8 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         train(script_args, config, resume)
-    finally:  # a launched process leaves its group before the interpreter exits
-        end_process_group()
+    except BaseException:
+        end_process_group()  # a failed launched process still leaves its group; the error goes on
+        raise
+    exit_launched_process()  # a launched gloo process ends here; otherwise (no group) this returns
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capo_app.launch import end_process_group, launch_overrides
+from capo_app.launch import exit_launched_process, launch_overrides
 from tests.capo import _distributed_worker as W
 from tests.capo import _trainer_helpers as H
 
@@ -48,4 +48,4 @@ if __name__ == "__main__":
     dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float64
     result = run(str(out / "run"), int(os.environ.get("WORLD_SIZE", "1")), dtype)
     torch.save(result, out / f"rank{int(os.environ.get('RANK', '0'))}.pt")
-    end_process_group()  # before exit: a gloo thread alive at exit aborts the process
+    exit_launched_process()  # last: a gloo thread alive at interpreter exit aborts the process

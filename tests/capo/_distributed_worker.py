@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capo_app.launch import end_process_group
+from capo_app.launch import exit_launched_process
 from tests.capo import _trainer_helpers as H
 
 SETTINGS = dict(
@@ -58,4 +58,4 @@ if __name__ == "__main__":
     result = run(str(out / "run"), int(__import__("os").environ.get("WORLD_SIZE", "1")))
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save(result, out / f"rank{rank}.pt")
-    end_process_group()  # before exit: a gloo thread alive at exit aborts the process
+    exit_launched_process()  # last: a gloo thread alive at interpreter exit aborts the process
