@@ -29,12 +29,25 @@ from capo.selection import Thresholds
 __all__ = [
     "BUCKET_EDGES",
     "GROUPS",
+    "QUIET_RUN",
     "Arm",
     "group_index",
     "group_keep",
     "random_keep",
     "rejection_by_group",
 ]
+
+QUIET_RUN: dict[str, object] = {
+    "eval_every": 0,
+    "logging_steps": 1,
+    "plots": False,
+    "disable_tqdm": True,
+    "save_strategy": "no",
+    "report_to": [],
+}
+"""``capo train`` settings every experiment run shares: a step record per step, no plots, bars, checkpoints,
+trackers or in-run evaluation (the experiment evaluates itself)."""
+
 
 BASELINE = METHODS["grpo"]
 """The baseline method of every arm (loss variant ``grpo``)."""

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from capo import metrics
-from capo_app.experiments.arms import PAPER, Arm, group_keep, random_keep, rejection_by_group
+from capo_app.experiments.arms import (
+    PAPER,
+    QUIET_RUN,
+    Arm,
+    group_keep,
+    random_keep,
+    rejection_by_group,
+)
 
 __all__ = ["LLMSetup", "run_llm"]
 
@@ -82,13 +89,8 @@ def _overrides(setup: LLMSetup, arm: Arm, lr: float, seed: int, out: Path) -> di
         "optim": "sgd" if arm.optimizer == "sgd" else "adamw_torch",
         "num_test_problems": setup.num_test_problems,
         "num_train_problems": setup.num_train_problems,
-        "eval_every": 0,
-        "logging_steps": 1,
-        "plots": False,
-        "disable_tqdm": True,
         "output_dir": str(out),
-        "save_strategy": "no",
-        "report_to": [],
+        **QUIET_RUN,
     }
     if arm.masking == "capo":
         assert arm.thresholds is not None, "percentile thresholds are resolved before the run"

@@ -24,6 +24,7 @@ import numpy as np
 
 from capo import metrics
 from capo_app.data.synthetic import HELD_OUT_SEED
+from capo_app.experiments.arms import QUIET_RUN
 
 __all__ = ["RaceArm", "RaceSetup", "random_reject", "run_race"]
 
@@ -139,13 +140,8 @@ def _overrides(setup: RaceSetup, arm: RaceArm, seed: int, out: Path) -> dict[str
         "capo_log_true_kl": True,
         "num_test_problems": 0,
         "num_train_problems": setup.num_train_problems,
-        "eval_every": 0,
-        "logging_steps": 1,
-        "plots": False,
-        "disable_tqdm": True,
         "output_dir": str(out),
-        "save_strategy": "no",
-        "report_to": [],
+        **QUIET_RUN,
     }
     if arm.kl_delta is not None:
         values.update(
