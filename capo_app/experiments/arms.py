@@ -132,12 +132,18 @@ def group_keep(
 
 
 def random_keep(
-    valid: NDArray[np.bool_], rate: float, rng: np.random.Generator
+    valid: NDArray[np.bool_],
+    rate: float,
+    rng: np.random.Generator,
+    eligible: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.bool_]:
-    """Reject round(rate · n_valid) valid tokens drawn uniformly without replacement."""
+    """Reject round(rate · n_valid) tokens drawn uniformly without replacement among ``eligible``.
+
+    ``eligible`` (default: the valid tokens) is the subset a rule may reject; at most all of it is rejected.
+    """
     keep = valid.copy()
-    where = np.flatnonzero(valid.ravel())
-    n = round(min(max(rate, 0.0), 1.0) * where.size)
+    where = np.flatnonzero((valid if eligible is None else eligible).ravel())
+    n = min(round(min(max(rate, 0.0), 1.0) * int(valid.sum())), where.size)
     keep.ravel()[rng.choice(where, size=n, replace=False)] = False
     return keep
 

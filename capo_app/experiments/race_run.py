@@ -24,7 +24,7 @@ import numpy as np
 
 from capo import metrics
 from capo_app.data.synthetic import HELD_OUT_SEED
-from capo_app.experiments.arms import QUIET_RUN
+from capo_app.experiments.arms import QUIET_RUN, random_keep
 
 __all__ = ["RaceArm", "RaceSetup", "random_reject", "run_race"]
 
@@ -118,12 +118,11 @@ def eval_steps(setup: RaceSetup, arm: RaceArm) -> list[int]:
 def random_reject(
     valid: np.ndarray, adv: np.ndarray, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Keep mask rejecting round(rate · n_valid) tokens uniformly among valid tokens with A ≠ 0."""
-    keep = valid.copy()
-    where = np.flatnonzero((valid & (adv != 0)).ravel())
-    n = min(round(min(max(rate, 0.0), 1.0) * int(valid.sum())), where.size)
-    keep.ravel()[rng.choice(where, size=n, replace=False)] = False
-    return keep
+    """Keep mask rejecting round(rate · n_valid) tokens uniformly among valid tokens with A ≠ 0.
+
+    CAPO never rejects an A = 0 token (its step is zero), so neither does its control.
+    """
+    return random_keep(valid, rate, rng, eligible=valid & (adv != 0))
 
 
 def _overrides(setup: RaceSetup, arm: RaceArm, seed: int, out: Path) -> dict[str, Any]:
