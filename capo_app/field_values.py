@@ -53,30 +53,8 @@ def _convert(hint: Any, value: Any) -> Any:
             return value
         text = str(value).strip().lower() if isinstance(value, str | int) else None
         return True if text in _TRUE else False if text in _FALSE else _NO
-    if hint is int:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                return _NO
-        return _NO
-    if hint is float:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                return _NO
-        return _NO
+    if hint is int or hint is float:
+        return _number(hint, value)
     if hint is str:
         return value if isinstance(value, str) else _NO
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -86,6 +64,22 @@ def _convert(hint: Any, value: Any) -> Any:
     if isinstance(hint, type):
         return value if isinstance(value, hint) else _NO
     return value  # an annotation this module does not model: left to the dataclass
+
+
+def _number(kind: type, value: Any) -> Any:
+    """``value`` as an int or a float (``kind``), or ``_NO``: a bool is no number, an int takes integral values only."""
+    if isinstance(value, bool):
+        return _NO
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            return _NO
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return _NO
 
 
 def _exact(hint: Any, value: Any) -> bool:
