@@ -222,23 +222,18 @@ class CAPOStep:
         if self.keep_hidden and self.head_before is None:
             w, b = head
             self.head_before = (w.clone(), None if b is None else b.clone())
-        accepted = None
+        accepted = support = None
         if selection is not None:
             assert applied is not None
+            batch = selection.batch
             self._count(selection, applied, kept)
             self.lr = micro_batch.lr
-            part = last_layer_gradient(
-                selection.batch, applied, reduction="sum", chunk_size=chunk_size
-            )
+            part = last_layer_gradient(batch, applied, reduction="sum", chunk_size=chunk_size)
             parts = [part] if self.grad_part is None else [self.grad_part, part]
             self.grad_part = merge_rows(parts, self.hidden_size, self.dtype, self.device)
             if self.keep_accepted:
-                accepted = selection.batch.select_tokens(applied)
-        support = None
-        if selection is not None:
-            hidden, support = selection.batch.hidden, (
-                selection.batch.support_ids, selection.batch.support_probs,
-            )  # fmt: skip
+                accepted = batch.select_tokens(applied)
+            hidden, support = batch.hidden, (batch.support_ids, batch.support_probs)
         if not self.keep_hidden:
             hidden = support = None
         if hidden is not None or accepted is not None:
