@@ -146,9 +146,11 @@ def summarize(
             would reject.
 
     Returns:
-        A flat dict: ``method``, ``steps``, ``completions``, ``test_accuracy_before`` / ``_after``,
-        ``train_reward_first`` / ``_last``, ``rejection_rate_peak`` / ``_final`` / ``_mean`` (and the peaks per
-        criterion), ``global_m_F_peak``, ``true_kl_peak``, ``wall_time_s``; None where not measured.
+        A flat dict of numbers (text only in :func:`format_summary_table`): ``method``, ``steps``,
+        ``completions``, ``test_accuracy_before`` / ``_after`` (greedy), ``test_sampled_before`` / ``_after``
+        with their ``_se`` and ``test_sampled_temperature`` / ``_k``, ``train_reward_first`` / ``_last``, ``rejection_rate_peak`` / ``_final`` / ``_mean`` (and the peaks per
+        criterion), ``global_m_F_peak``, ``true_kl_peak``, the KL budget's ``kl_scale_min`` / ``_median`` and
+        ``kl_steps_scaled`` of ``kl_steps``, ``wall_time_s``; None where not measured.
     """
     accuracies = [p for p in test_accuracy if _finite(p.get("accuracy")) is not None]
     _, rejection = series(history, REJECTION)
@@ -187,29 +189,42 @@ def _kl_scale_stats(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The KL budget's lr scale: min, median and the steps it scaled (None when no step was scaled)."""
     _, scale = series(history, KL_SCALE)
     if not scale or min(scale) >= 1.0:
-        return {"kl_scale_min": None, "kl_scale_median": None, "kl_steps_scaled": None}
+        return {
+            "kl_scale_min": None,
+            "kl_scale_median": None,
+            "kl_steps_scaled": None,
+            "kl_steps": None,
+        }
     ordered = sorted(scale)
     mid = len(ordered) // 2
     median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    scaled = sum(s < 1.0 for s in scale)
     return {
         "kl_scale_min": min(scale),
         "kl_scale_median": median,
-        "kl_steps_scaled": f"{scaled} of {len(scale)}",
+        "kl_steps_scaled": sum(s < 1.0 for s in scale),
+        "kl_steps": len(scale),
     }
 
 
 def _sampled(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``test_sampled_before`` / ``_after``: "mean ± SE (T, k)" of the sampled accuracy, None if not measured."""
+    """The first and last sampled accuracy, its Monte Carlo SE, and the (T, k) it was measured at; None if not."""
     sampled = [p for p in points if _finite(p.get("sampled")) is not None]
-
-    def text(p: Mapping[str, Any]) -> str:
-        return f"{p['sampled']:.1%} ± {p['sampled_se']:.1%} (T {p['temperature']:g}, k {p['k']})"
-
+    first = sampled[0] if sampled else None
+    last = sampled[-1] if len(sampled) > 1 else None
     return {
-        "test_sampled_before": text(sampled[0]) if sampled else None,
-        "test_sampled_after": text(sampled[-1]) if len(sampled) > 1 else None,
+        "test_sampled_before": first["sampled"] if first else None,
+        "test_sampled_before_se": first["sampled_se"] if first else None,
+        "test_sampled_after": last["sampled"] if last else None,
+        "test_sampled_after_se": last["sampled_se"] if last else None,
+        "test_sampled_temperature": sampled[0]["temperature"] if sampled else None,
+        "test_sampled_k": sampled[0]["k"] if sampled else None,
     }
+
+
+def _sampled_text(summary: Mapping[str, Any], when: str) -> str:
+    """The text "mean ± SE (T, k)" of the sampled accuracy ``when`` ("before" or "after")."""
+    mean, se = summary[f"test_sampled_{when}"], summary[f"test_sampled_{when}_se"]
+    return f"{mean:.1%} ± {se:.1%} (T {summary['test_sampled_temperature']:g}, k {summary['test_sampled_k']})"
 
 
 _ROWS = (
@@ -217,8 +232,8 @@ _ROWS = (
     ("optimizer steps", "steps", "{}"),
     ("resumed at", "resumed_from", "{}"),
     ("completions", "completions", "{:,}"),
-    ("test accuracy, sampled before", "test_sampled_before", "{}"),
-    ("test accuracy, sampled after", "test_sampled_after", "{}"),
+    ("test accuracy, sampled before", "test_sampled_before", lambda s: _sampled_text(s, "before")),
+    ("test accuracy, sampled after", "test_sampled_after", lambda s: _sampled_text(s, "after")),
     ("test accuracy, greedy before", "test_accuracy_before", "{:.1%}"),
     ("test accuracy, greedy after", "test_accuracy_after", "{:.1%}"),
     ("train reward first step", "train_reward_first", "{:.3f}"),
@@ -232,7 +247,7 @@ _ROWS = (
     ("true KL per step, peak", "true_kl_peak", "{:.3g}"),
     ("KL budget lr scale, min", "kl_scale_min", "{:.3g}"),
     ("KL budget lr scale, median", "kl_scale_median", "{:.3g}"),
-    ("  steps scaled", "kl_steps_scaled", "{}"),
+    ("  steps scaled", "kl_steps_scaled", lambda s: f"{s['kl_steps_scaled']} of {s['kl_steps']}"),
     ("wall time (after imports)", "wall_time_s", "{:.0f} s"),
 )
 
@@ -255,7 +270,8 @@ def format_summary_table(summary: Mapping[str, Any], title: str = "capo train: s
         value = summary.get(key)
         if value is None:
             continue
-        rows.append((rejection_label(label, summary), fmt.format(value)))
+        text = fmt.format(value) if isinstance(fmt, str) else fmt(summary)
+        rows.append((rejection_label(label, summary), text))
     width = max((len(label) for label, _ in rows), default=10)
     value_width = max((len(v) for _, v in rows), default=5)
     rule = "-" * (width + value_width + 3)

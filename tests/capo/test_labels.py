@@ -28,7 +28,7 @@ def test_a_kl_budget_shows_in_the_label_the_summary_and_a_plot(tmp_path):
     assert method_label(config) == "GRPO + KL budget δ = 0.001"
     summary = report.summarize(HISTORY)
     assert (summary["kl_scale_min"], summary["kl_scale_median"]) == (0.25, 0.5)
-    assert summary["kl_steps_scaled"] == "2 of 3"
+    assert (summary["kl_steps_scaled"], summary["kl_steps"]) == (2, 3)
     table = report.format_summary_table(summary)
     assert "KL budget lr scale, min" in table and "2 of 3" in table
     log = {"history": HISTORY, "run": {"kl_budget": 1e-3}, "summary": summary}

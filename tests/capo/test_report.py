@@ -118,3 +118,14 @@ def test_plot_log_skips_plots_whose_metrics_were_not_logged(tmp_path):
 
 def test_ema_is_the_recursive_average():
     assert ema([1.0, 0.0, 0.0], alpha=0.5) == [1.0, 0.5, 0.25]
+
+
+def test_sampled_accuracy_is_stored_as_numbers_and_written_as_text_only_in_the_table():
+    points = [
+        {"step": s, "accuracy": 0.4, "sampled": m, "sampled_se": 0.02, "temperature": 0.9, "k": 8}
+        for s, m in ((0, 0.375), (10, 0.5))
+    ]
+    summary = report.summarize([{"step": 10}], points)
+    assert (summary["test_sampled_before"], summary["test_sampled_after"]) == (0.375, 0.5)
+    assert (summary["test_sampled_after_se"], summary["test_sampled_k"]) == (0.02, 8)
+    assert "50.0% ± 2.0% (T 0.9, k 8)" in report.format_summary_table(summary)
