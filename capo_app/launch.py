@@ -8,7 +8,9 @@ builds a one-process state (``TrainingArguments.world_size == 1``). DeepSpeed th
 group and DeepSpeed ZeRO runs on its ``cpu`` accelerator.
 
 A process that joined a group must also leave it before the interpreter exits (:func:`end_process_group`), and a
-gloo process ends without the interpreter's finalization (:func:`exit_launched_process`).
+gloo process ends without the interpreter's finalization (:func:`exit_launched_process`). A DeepSpeed process on
+the CPU does not build DeepSpeed's shared-memory all-reduce kernel, which training never calls
+(:func:`skip_unused_deepspeed_build`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["end_process_group", "exit_launched_process", "launch_overrides"]
+__all__ = [
+    "end_process_group",
+    "exit_launched_process",
+    "launch_overrides",
+    "skip_unused_deepspeed_build",
+]
 
 
 def launch_overrides(
@@ -39,6 +46,36 @@ def launch_overrides(
 
         has_gpu = torch.cuda.is_available()
     return {} if has_gpu else {"use_cpu": True}
+
+
+DEEPSPEED_SHM_OP = "deepspeed_shm_comm"
+"""DeepSpeed's CPU shared-memory all-reduce kernel (``ShareMemCommBuilder``), used by ``inference_all_reduce`` only."""
+
+
+def skip_unused_deepspeed_build(environ: Mapping[str, str] | None = None) -> bool:
+    """In a DeepSpeed launch without CUDA, keep DeepSpeed from JIT-building its shared-memory kernel.
+
+    DeepSpeed's torch communication backend compiles :data:`DEEPSPEED_SHM_OP` (C++ through torch's
+    ``cpp_extension``) when the process group starts on its CPU accelerator. Training never calls it (only
+    ``inference_all_reduce`` does); the build takes minutes of compiler time on a loaded 2-core machine, and
+    it waits without limit on the build lock in ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``) that
+    a process killed mid-build leaves behind: every later DeepSpeed process on that machine then hangs before
+    its first step (both ZeRO tests of one CI run timed out that way). Marking the op incompatible in
+    DeepSpeed's own op table (``deepspeed.ops.__compatible_ops__``, one dict per process, meant to be edited)
+    makes the backend skip it. Call it before the training arguments start the process group; it returns
+    whether it applied (a DeepSpeed launch, ``ACCELERATE_USE_DEEPSPEED``, on a machine without CUDA).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[DEEPSPEED_SHM_OP] = False
+    return True
 
 
 def end_process_group() -> str | None:

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from capo_app.checks import UsageError
-from capo_app.launch import end_process_group, exit_launched_process, launch_overrides
+from capo_app.launch import (
+    end_process_group,
+    exit_launched_process,
+    launch_overrides,
+    skip_unused_deepspeed_build,
+)
 from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
 from capo_app.resume import ResumePoint, is_complete
@@ -112,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from capo_app.dry_run import dry_run  # TRL and transformers only when asked
 
             return dry_run(argv)
+        skip_unused_deepspeed_build()  # before the training arguments start the process group
         script_args, config, _ = parse_recipe(argv, overrides=launch_overrides())
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error

@@ -17,12 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capo_app.launch import exit_launched_process, launch_overrides
+from capo_app.launch import exit_launched_process, launch_overrides, skip_unused_deepspeed_build
 from tests.capo import _distributed_worker as W
 from tests.capo import _trainer_helpers as H
 
 
 def run(out_dir: str, world: int, dtype: torch.dtype = torch.float64) -> dict:
+    skip_unused_deepspeed_build()
     settings = {**W.SETTINGS, "use_cpu": False, **launch_overrides()}
     batch = W.GLOBAL_BATCH // world
     model = H.tiny_model(dtype)

@@ -8,26 +8,12 @@ no valid token must still join every collective (the run would hang or fail othe
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from tests.capo import _distributed_worker as W
+from tests.capo._launch import run_ranks, torchrun
 from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
-
-WORKER = Path(W.__file__)
-REPO = WORKER.parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def masks(records_by_rank):
@@ -41,23 +27,7 @@ def masks(records_by_rank):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(WORKER),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = run_ranks(torchrun(W.__file__, str(tmp_path)), tmp_path)
     single = W.run(str(tmp_path / "single"), world=1)
 
     assert int(ranks[1]["record"][1]["valid"].sum()) == 0  # rank 1: no valid token in step 2

@@ -9,17 +9,16 @@ master weights of this float64 model, so the second step's hidden states differ 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from capo_app.launch import launch_overrides
+from capo_app.launch import DEEPSPEED_SHM_OP, launch_overrides, skip_unused_deepspeed_build
 from tests.capo import _deepspeed_worker as DW
 from tests.capo import _distributed_worker as W
-from tests.capo.test_distributed import REPO, free_port, masks
+from tests.capo._launch import REPO, accelerate_launch, run_ranks
+from tests.capo.test_distributed import masks
 from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 
 
@@ -29,16 +28,37 @@ def test_a_multi_process_launch_without_gpu_trains_on_the_cpu() -> None:
     assert launch_overrides({}, has_gpu=False) == {}
 
 
-def _launch(out, config: str, dtype: str = "float64") -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
-        str(DW.__file__), str(out), dtype,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+def test_a_cpu_deepspeed_launch_skips_the_shared_memory_kernel_and_nothing_else(
+    monkeypatch,
+) -> None:
+    """Training never calls DeepSpeed's shm all-reduce kernel; on a CPU DeepSpeed launch it is not built."""
+    pytest.importorskip("deepspeed")
+    assert not skip_unused_deepspeed_build({})  # not a DeepSpeed launch: DeepSpeed untouched
+    import deepspeed.ops
+
+    before = dict(deepspeed.ops.__compatible_ops__)
+    monkeypatch.setitem(
+        deepspeed.ops.__compatible_ops__, DEEPSPEED_SHM_OP, before[DEEPSPEED_SHM_OP]
+    )
+    assert skip_unused_deepspeed_build({"ACCELERATE_USE_DEEPSPEED": "true"})
+    after = deepspeed.ops.__compatible_ops__
+    assert after[DEEPSPEED_SHM_OP] is False
+    assert {k: v for k, v in after.items() if k != DEEPSPEED_SHM_OP} == {
+        k: v for k, v in before.items() if k != DEEPSPEED_SHM_OP
+    }
+
+
+def _stale_build_lock(out: Path) -> None:
+    """The lock a process killed mid-build leaves: a DeepSpeed process that built the kernel would wait on it
+    for ever (torch's cpp_extension waits for the file to go), so the launch would time out."""
+    folder = out / "torch_extensions" / DEEPSPEED_SHM_OP  # run_ranks sets TORCH_EXTENSIONS_DIR
+    folder.mkdir(parents=True)
+    (folder / "lock").touch()
+
+
+def _launch(out: Path, config: str, dtype: str = "float64") -> list[dict]:
+    _stale_build_lock(out)
+    return run_ranks(accelerate_launch(config, DW.__file__, str(out), dtype), out)
 
 
 @pytest.mark.slow

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-import torch
 
 from capo import metrics
 from tests.capo import _kl_budget_worker as W
-from tests.capo.test_distributed import REPO, free_port
+from tests.capo._launch import run_ranks, torchrun
 
 KL_REL = 1e-9
 """Prediction vs measurement within one run (the same parameters)."""
@@ -22,13 +17,7 @@ CROSS_RUN_REL = 1e-6
 @pytest.mark.slow
 def test_two_processes_predict_and_scale_like_one(tmp_path):
     """Each rank predicts the measured KL (rel 1e-9), every rank and 1 process take the same scale."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    cmd += [W.__file__, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = run_ranks(torchrun(W.__file__, str(tmp_path)), tmp_path)
     single = W.run_both(str(tmp_path / "single"), world=1)
     for h in ranks[0]["free"] + single["free"]:  # no budget: the prediction is the measured KL
         assert h[metrics.KL_SCALE] == 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from capo_app.launch import end_process_group
-from tests.capo.test_distributed import free_port
+from tests.capo._launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = sorted(Path(__file__).parent.glob("_*worker.py"))
