@@ -175,18 +175,19 @@ class CAPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Extension beyond the paper: δ, the allowed mean KL(π_θ || π_θ') per optimizer step "
-            "over the step's valid completion tokens (policy at its sampling temperature). Before each "
-            "optimizer step the KL of the optimizer's prospective step is predicted (capo_kl_model) and "
-            "the step's learning rate is scaled by s = min(1, sqrt(δ / KL)) (capo_kl_mode). None (default): no budget, "
-            "the paper's method unchanged."
+            "over the step's valid completion tokens (policy at its sampling temperature). Right after "
+            "each optimizer step its KL is measured (capo_kl_model) and the step is scaled to the one the "
+            "optimizer takes at lr·s, s = min(1, sqrt(δ / KL)) (capo_kl_mode), then checked and shrunk "
+            "again (capo_kl_backtrack). None (default): no budget, the paper's method unchanged."
         },
     )
     capo_kl_model: str = field(
         default="lookahead",
         metadata={
-            "help": "How the KL of the prospective step is predicted: 'lookahead' (exact full-vocabulary "
-            "KL after a no-grad forward with every parameter moved by the step, one extra forward) or "
-            "'last_layer' (½ vᵀFv of the output layer's step over the top-k support, no extra forward)."
+            "help": "How the KL of the step is measured: 'lookahead' (exact full-vocabulary KL from a "
+            "no-grad forward at the stepped parameters, one extra forward per check) or 'last_layer' "
+            "(½ vᵀFv of the output layer's step over the top-k support, no extra forward; blind to "
+            "the backbone's share of the move)."
         },
     )
     capo_kl_mode: str = field(
@@ -204,11 +205,13 @@ class CAPOConfig(GRPOConfig):
             "(a finite number >= 1; it bounds the step where the predicted KL is ~0)."
         },
     )
-    capo_kl_backtrack: bool = field(
-        default=False,
+    capo_kl_backtrack: bool | None = field(
+        default=None,
         metadata={
-            "help": "With capo_kl_model='lookahead' and a scaled step: one more lookahead at the scaled "
-            "step, shrinking it once more if its KL still exceeds capo_kl_budget (one extra forward)."
+            "help": "With capo_kl_model='lookahead' and a scaled step: measure the KL of the scaled step and, "
+            "while it exceeds 1.1 capo_kl_budget, shrink it again by a power-law fit of KL(s) (one extra "
+            "forward per check, at most 3 checks). None (default): on for 'lookahead', off for "
+            "'last_layer' (exactly quadratic in s)."
         },
     )
 
@@ -221,6 +224,13 @@ class CAPOConfig(GRPOConfig):
     def capo_curvature_model(self) -> bool:
         """Whether the curvature model runs on every training micro-batch (masking or shift tracking)."""
         return self.capo_enabled or self.capo_track_shifts
+
+    @property
+    def capo_kl_backtracks(self) -> bool:
+        """Whether a scaled ``lookahead`` step is checked and shrunk again (``capo_kl_backtrack``, None: on)."""
+        if self.capo_kl_backtrack is None:
+            return self.capo_kl_model == "lookahead"
+        return bool(self.capo_kl_backtrack)
 
     @property
     def capo_predicts_step_kl(self) -> bool:

@@ -36,7 +36,10 @@ TRUE_KL = "capo/true_kl"
 TRUE_KL_HEAD = "capo/true_kl_head"
 """Head-only part of :data:`TRUE_KL`: old hidden states, output layer before vs after the step."""
 KL_PREDICTED = "capo/kl_predicted"
-"""KL of the step the optimizer proposes, predicted before it is taken by ``capo_kl_model``, unscaled (s = 1),
-mean over the step's valid tokens (``capo_kl_budget`` or ``capo_log_true_kl``; an extension beyond the paper)."""
+"""KL of the optimizer's full step (s = 1) by ``capo_kl_model`` (``lookahead``: measured), mean over the step's
+valid tokens (``capo_kl_budget`` or ``capo_log_true_kl``; an extension beyond the paper)."""
 KL_SCALE = "capo/kl_scale"
-"""s = min(s_max, sqrt(capo_kl_budget / kl_predicted)) (s_max = 1 for capo_kl_mode "cap"), the factor on the step's learning rate (1.0 without a budget)."""
+"""s, the step taken as a fraction of the optimizer's step (the step at lr·s): min(s_max, sqrt(capo_kl_budget /
+kl_predicted)), shrunk again by backtracking (s_max = 1 for capo_kl_mode "cap"; 1.0 without a budget)."""
+KL_LOOKAHEADS = "capo/kl_lookaheads"
+"""Lookahead forwards the KL control ran in the step (0 for ``last_layer``)."""

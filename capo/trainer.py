@@ -18,8 +18,9 @@ Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden metho
   ``capo_variant='reinforce'``, replace the advantages by the raw weighted reward (handed over by a scope
   around the one call).
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: ``capo_moments.pt`` and ``capo_state.json``.
-- A ``TrainerCallback`` (every rank): before ``optimizer.step`` the KL control (:mod:`capo.kl_budget`)
-  predicts the step's KL and scales its lr; after it (``on_step_end``) the step is finished
+- A ``TrainerCallback`` (every rank): right after ``optimizer.step`` the KL control (:mod:`capo.kl_budget`)
+  measures the step's KL and moves the parameters along the step's own line to the budget; at the step's
+  end (``on_step_end``) the step is finished
   (:meth:`capo.optimizer_step.CAPOStep.finish`: all-reduces, global shifts, moments update once) and its
   ``capo/*`` metrics are appended to TRL's metric stream; a fresh step begins.
 
@@ -61,19 +62,19 @@ __all__ = ["CAPOTrainer"]
 
 
 class _StepBoundary(TrainerCallback):
-    """Runs the trainer's step-boundary hooks on every rank, around and after ``optimizer.step``."""
+    """Runs the trainer's step-boundary hooks on every rank: before a step, after ``optimizer.step``, at its end."""
 
     def __init__(
-        self, before: Callable[[], None], after: Callable[[], None], end: Callable[[], None]
+        self, begin: Callable[[], None], after: Callable[[], None], end: Callable[[], None]
     ):
-        self.before, self.after, self.end = before, after, end
+        self.begin, self.after, self.end = begin, after, end
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Gradients are accumulated, clipped and reduced: the KL control may scale the lr."""
-        self.before()
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Before the step's first micro-batch: the KL control records the step's lrs."""
+        self.begin()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """The optimizer has stepped: the scheduled lrs are restored."""
+        """The optimizer has stepped (under DeepSpeed, inside the last backward): the KL control runs."""
         self.after()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -160,16 +161,14 @@ class CAPOTrainer(GRPOTrainer):
         )
         if args.capo_predicts_step_kl:
             self._capo_kl = StepKLControl(
-                args.capo_kl_budget, args.capo_kl_model, args.capo_kl_backtrack,
+                args.capo_kl_budget, args.capo_kl_model, args.capo_kl_backtracks,
                 args.capo_support_size, self.temperature, self.accelerator.autocast,
                 unsupported_reason(self),
                 args.capo_kl_max_scale if args.capo_kl_mode == "target" else 1.0,
             )  # fmt: skip
         self.capo_step = self._capo_new_step()
         self.add_callback(
-            _StepBoundary(
-                self._capo_before_optimizer, self._capo_after_optimizer, self._capo_step_end
-            )
+            _StepBoundary(self._capo_step_begin, self._capo_after_optimizer, self._capo_step_end)
         )
 
     def _capo_new_step(self) -> CAPOStep:
@@ -318,16 +317,16 @@ class CAPOTrainer(GRPOTrainer):
             return t
         return self.accelerator.reduce(t, reduction="sum")
 
-    def _capo_before_optimizer(self) -> None:
+    def _capo_step_begin(self) -> None:
         if self._capo_kl is not None:
-            model = self.accelerator.unwrap_model(self.model)
-            self._capo_kl.before_optimizer_step(
-                self.capo_step, model, self.optimizer, self._capo_reduce
-            )
+            self._capo_kl.on_step_begin(self.optimizer)
 
     def _capo_after_optimizer(self) -> None:
         if self._capo_kl is not None:
-            self._capo_kl.after_optimizer_step(self.optimizer)
+            model = self.accelerator.unwrap_model(self.model)
+            self._capo_kl.after_optimizer_step(
+                self.capo_step, model, self.optimizer, self._capo_reduce
+            )
 
     @torch.no_grad()
     def _capo_step_end(self) -> None:
