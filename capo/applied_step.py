@@ -6,9 +6,8 @@ optimizer's state after the step, elementwise:
 
 - Adam/AdamW: d = (m / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + ε) with the moments and t already advanced (v the
   running maximum with amsgrad); w = weight_decay if decoupled (AdamW), else 0 (L2 decay is inside m and v);
-- SGD with momentum: d = the momentum buffer, w = 0 (L2 decay is inside the buffer); with Nesterov
-  d = g + μ·buffer and w = weight_decay; without momentum d = g and w = weight_decay (g the gradient, negated
-  with ``maximize``).
+- SGD with momentum: d = the momentum buffer, w = 0 (L2 decay is inside the buffer); without momentum d = g
+  and w = weight_decay (g the gradient, negated with ``maximize``). Not Nesterov (:data:`MODELED_FLAGS`).
 
 The optimizer's state does not depend on the lr, so the step it would have taken at lr·s is
 θ(s) = θ_old·(1 − s·lr·w) − s·lr·d: the line through θ_old (s = 0) and θ_new (s = 1). A parameter at θ(s₁)
@@ -38,15 +37,17 @@ MODELED_FLAGS: dict[type, dict[str, Any]] = {
                        "foreach": None, "fused": None, "capturable": False, "differentiable": False},
     torch.optim.AdamW: {"amsgrad": None, "maximize": None, "decoupled_weight_decay": None,
                         "foreach": None, "fused": None, "capturable": False, "differentiable": False},
-    torch.optim.SGD: {"momentum": None, "dampening": None, "nesterov": None, "maximize": None,
+    torch.optim.SGD: {"momentum": None, "dampening": None, "nesterov": False, "maximize": None,
                       "foreach": None, "fused": None, "differentiable": False},
 }  # fmt: skip
 """Per optimizer class, the flags of a param group the line models (None: every value, each checked against
-``torch.optim`` in ``tests/capo/test_applied_step.py``; otherwise the one value accepted)."""
+``torch.optim`` in ``tests/capo/test_applied_step.py``; otherwise the one value accepted). Not Nesterov: its
+direction needs the step's gradient, which torch's foreach SGD (its default on CUDA) overwrites in place."""
 _NUMBERS = frozenset({"lr", "initial_lr", "betas", "eps", "weight_decay"})
 """Param-group entries that are numbers of the step (all modeled), not flags."""
-CHUNK = 1 << 20
-"""Elements per piece of a move: the move's temporaries are a few [CHUNK] tensors, whatever the model's size."""
+CHUNK = 1 << 24
+"""Elements per piece of a move: its temporaries are a few [CHUNK] tensors whatever the model's size (64 MiB each in
+float32), few enough pieces that a 7B ZeRO partition moves in ~100 rounds of kernels."""
 
 
 def zero_optimizer(optimizer: Any) -> Any | None:
@@ -152,17 +153,13 @@ class AppliedStep:
             _move(theta, d.to(theta.dtype), lr, w, self.s, s)
 
     def _move_sgd(self, p: torch.Tensor, group: dict, state: dict, lr: float, s: float) -> None:
-        momentum, wd = float(group["momentum"]), float(group["weight_decay"])
-        buf = state.get("momentum_buffer") if momentum != 0 else None
-        grad = None if momentum != 0 and not group["nesterov"] else p.grad
+        if float(group["momentum"]) != 0:  # the buffer is the direction; L2 decay is inside it
+            for theta, buf in _pieces(p, [state["momentum_buffer"]]):
+                _move(theta, buf.to(theta.dtype), lr, 0.0, self.s, s)
+            return
         sign = -1.0 if group["maximize"] else 1.0
-        w = 0.0 if momentum != 0 and not group["nesterov"] else wd
-        for theta, g, b in _pieces(p, [grad, buf]):
-            if g is None:  # momentum without Nesterov: the buffer is the direction
-                d = b.clone()
-            else:
-                d = g.mul(sign) if b is None else g.mul(sign).add_(b, alpha=momentum)
-            _move(theta, d.to(theta.dtype), lr, w, self.s, s)
+        for theta, g in _pieces(p, [p.grad]):
+            _move(theta, g.to(theta.dtype) * sign, lr, float(group["weight_decay"]), self.s, s)
 
 
 def _move(theta: torch.Tensor, d: torch.Tensor, lr: float, w: float, s1: float, s2: float) -> None:

@@ -1,9 +1,11 @@
 """The golden CAPO runs: short float64 trainings whose every mask, moment, weight and metric is recorded.
 
-``python -m tests.capo._golden`` (from the repo root) rewrites ``tests/capo/data/golden_step.json``; do that
-only on purpose (a change of behaviour), never to make the golden test pass. Tensors are recorded as the
-SHA-256 of their bytes, floats as ``float.hex`` (bit-exact); both depend on the torch build, which is
-recorded alongside.
+``python -m tests.capo._golden [RUN ...]`` (from the repo root) records the named runs (all by default) for this
+machine's platform in ``tests/capo/data/golden_step.json``; do that only on purpose (a change of behaviour, or
+a platform recorded from the code before a change), never to make the golden test pass. Tensors are recorded as
+the SHA-256 of their bytes, floats as ``float.hex`` (bit-exact). Both depend on the platform (:func:`platform`):
+the torch build and the CPU kernels torch dispatches to (the same code gives other bits with AVX2 than with
+AVX512 kernels), so the recordings are kept per platform.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,14 +97,26 @@ def run(name: str, output_dir: str) -> dict[str, Any]:
     return {"masks": masks, "logs": logs, "moments": moments, "weights": weights}
 
 
-def record() -> dict[str, Any]:
-    out: dict[str, Any] = {"torch": torch.__version__}
-    for name in RUNS:
+def platform() -> str:
+    """The key of this machine's recordings: the torch build and its CPU kernel capability."""
+    return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def recorded() -> dict[str, dict[str, Any]]:
+    """The runs recorded for this platform ({} if none)."""
+    return json.loads(GOLDEN.read_text())["platforms"].get(platform(), {})
+
+
+def record(names: list[str]) -> None:
+    """Run ``names`` and store their records as this platform's."""
+    golden = json.loads(GOLDEN.read_text())
+    runs = golden["platforms"].setdefault(platform(), {})
+    for name in names:
         with tempfile.TemporaryDirectory() as tmp:
-            out[name] = run(name, tmp)
-    return out
+            runs[name] = run(name, tmp)
+    GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    GOLDEN.write_text(json.dumps(record(), indent=1) + "\n")
-    print(f"wrote {GOLDEN}")
+    record(sys.argv[1:] or list(RUNS))
+    print(f"wrote {GOLDEN} for {platform()}")

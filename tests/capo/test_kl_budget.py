@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -11,13 +10,13 @@ import pytest
 import torch
 
 from capo import metrics
-from capo.kl_budget import budget_scale, parameters_moved, prospective_params, unsupported_reason
+from capo.kl_budget import BUDGET_SLACK, MAX_LOOKAHEADS, budget_scale, fitted_scale, unsupported_reason
 from tests.capo import _trainer_helpers as H
 from tests.tolerances import EXACT_ATOL, EXACT_RTOL, FLOAT32_ATOL, FLOAT32_RTOL
 
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": dict(optim="adamw_torch", weight_decay=0.1),
-    "sgd_momentum": dict(optim="sgd", optim_args="momentum=0.9,nesterov=true", weight_decay=0.01),
+    "sgd_momentum": dict(optim="sgd", optim_args="momentum=0.9", weight_decay=0.01),
 }
 KL_REL = 1e-9
 """Prediction vs measurement of the same KL: equal up to the rounding of θ + Δ (issue 13's bar)."""
@@ -27,74 +26,17 @@ def kl_history(trainer) -> list[dict[str, float]]:
     return [h for h in trainer.state.log_history if metrics.KL_SCALE in h]
 
 
-IMPLEMENTATIONS = [{}, {"foreach": True}, {"fused": True}]
-ADAM_CASES = [
-    (cls, dict(amsgrad=ams, maximize=mx, weight_decay=wd, **extra, **impl))
-    for cls, extra in [
-        (torch.optim.Adam, {}),
-        (torch.optim.Adam, {"decoupled_weight_decay": True}),
-        (torch.optim.AdamW, {}),
-    ]
-    for ams, mx, wd, impl in itertools.product(
-        (False, True), (False, True), (0.0, 0.3), IMPLEMENTATIONS
-    )
-]
-SGD_CASES = [
-    (
-        torch.optim.SGD,
-        dict(momentum=m, dampening=d, nesterov=n, maximize=mx, weight_decay=wd, **impl),
-    )
-    for m, d, n, mx, wd, impl in itertools.product(
-        (0.0, 0.9), (0.0, 0.3), (False, True), (False, True), (0.0, 0.2), IMPLEMENTATIONS
-    )
-    if not (n and (m == 0.0 or d != 0.0))  # torch: Nesterov needs momentum and zero dampening
-]
-
-
-@pytest.mark.parametrize(
-    ("cls", "flags"),
-    ADAM_CASES + SGD_CASES,
-    ids=lambda x: getattr(x, "__name__", None) or ",".join(f"{k}={v}" for k, v in x.items()),
-)
-def test_prospective_params_equal_the_optimizers_step(cls, flags):
-    """θ' formed from the state equals torch's own step, for every flag combination the budget accepts."""
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(2)]
-    opt = cls(params, lr=0.1, **flags)
-    for _ in range(3):  # the first step (empty state) and later ones
-        for p in params:
-            p.grad = torch.randn_like(p)
-        predicted = [new for _, new in prospective_params(opt, lr_scale=0.7)]
-        opt.param_groups[0]["lr"] *= 0.7
-        opt.step()
-        opt.param_groups[0]["lr"] /= 0.7
-        for p, new in zip(params, predicted, strict=True):
-            torch.testing.assert_close(new, p.detach(), rtol=EXACT_RTOL, atol=EXACT_ATOL)
-
-
-@pytest.mark.parametrize(
-    ("make", "match"),
-    [
-        (lambda ps: torch.optim.Adam(ps, capturable=True), "capturable"),
-        (lambda ps: torch.optim.AdamW(ps, differentiable=True), "differentiable"),
-        (lambda ps: torch.optim.SGD(ps, lr=0.1, differentiable=True), "differentiable"),
-        (lambda ps: type("MyAdam", (torch.optim.Adam,), {})(ps), "MyAdam"),
-        (lambda ps: torch.optim.NAdam(ps), "NAdam"),
-    ],
-)
-def test_flags_and_optimizers_the_step_does_not_model_are_refused(make, match):
-    opt = make([torch.nn.Parameter(torch.zeros(2))])
-    with pytest.raises(ValueError, match=match):
-        list(prospective_params(opt))
-
-
-def test_parameters_moved_restores_bit_exactly():
-    """Moving the parameters to θ' and back leaves every bit of θ as it was."""
-    p = torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64))
-    before = p.detach().clone()
-    with parameters_moved([(p, p.detach() * 3.0 + 1e-300)]):
-        assert not torch.equal(p.detach(), before)
-    assert torch.equal(p.detach(), before)
+def test_fitted_scale_lands_on_the_budget_of_a_power_law():
+    """KL = c·sᵖ through two measured points: the fit's s gives KL = δ exactly for p in the fitted range and
+    extrapolates with the clamped exponent outside it (2: the quadratic model; 0.5: strong saturation)."""
+    delta = 1e-3
+    for p, c in ((2.0, 0.09), (1.3, 0.05), (0.7, 0.02)):
+        points = [(1.0, c), (0.2, c * 0.2**p)]
+        s = fitted_scale(points, delta)
+        assert c * s**p == pytest.approx(delta, rel=EXACT_RTOL)
+    steep = [(1.0, 0.09), (0.2, 0.09 * 0.2**3.0)]  # p = 3 is clamped to 2: a smaller (safer) s
+    assert fitted_scale(steep, delta) == pytest.approx(0.2 * (delta / (0.09 * 0.2**3.0)) ** 0.5)
+    assert fitted_scale([(1.0, 0.09), (0.2, math.nan)], delta) == 0.0
 
 
 def test_budget_scale_bounds_the_quadratic_model():
@@ -128,7 +70,7 @@ def test_lookahead_predicts_the_measured_true_kl(tmp_path, optimizer, ga):
 
 
 def test_predicting_without_a_budget_changes_no_parameter(tmp_path):
-    """Logging the prediction (lookahead: parameters moved and restored) trains bit-identically."""
+    """Measuring the step's KL without a budget (a forward, no move) trains bit-identically."""
     runs = []
     for log in (False, True):
         tr = H.trainer(str(tmp_path / str(log)), capo_log_true_kl=log, max_steps=2)
@@ -138,16 +80,30 @@ def test_predicting_without_a_budget_changes_no_parameter(tmp_path):
 
 
 def test_unsupported_setups_are_refused_in_one_line():
-    """DeepSpeed, FSDP, fp16 loss scaling and other optimizers: one clear reason each."""
-    base = dict(optimizer=None, accelerator=SimpleNamespace(scaler=None))
-    fake = lambda **kw: SimpleNamespace(**{**base, "args": SimpleNamespace(optim="sgd"), **kw})  # noqa: E731
+    """FSDP, fp16 loss scaling, low-precision parameters, other optimizers, and the DeepSpeed set-ups whose
+    master weights or gradients the line cannot reach: one clear reason each."""
+    ds = lambda **config: SimpleNamespace(  # noqa: E731
+        scaler=None, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config))
+    )
+    model = torch.nn.Linear(2, 2)
+    base = dict(optimizer=None, accelerator=ds(zero_optimization={"stage": 2}), model=model)
+    args = lambda optim="adamw_torch": SimpleNamespace(optim=optim, fp16=False)  # noqa: E731
+    fake = lambda **kw: SimpleNamespace(**{**base, "args": args(), **kw})  # noqa: E731
     assert unsupported_reason(fake()) is None
-    assert "DeepSpeed" in str(unsupported_reason(fake(is_deepspeed_enabled=True)))
+    assert unsupported_reason(fake(is_deepspeed_enabled=True)) is None  # ZeRO-2/3 with torch AdamW
     assert "FSDP" in str(unsupported_reason(fake(is_fsdp_enabled=True)))
     assert "fp16" in str(unsupported_reason(fake(accelerator=SimpleNamespace(scaler=object()))))
-    assert "adafactor" in str(unsupported_reason(fake(args=SimpleNamespace(optim="adafactor"))))
+    assert "bfloat16" in str(unsupported_reason(fake(model=torch.nn.Linear(2, 2).bfloat16())))
+    assert "adafactor" in str(unsupported_reason(fake(args=args("adafactor"))))
     adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
     assert "Adagrad" in str(unsupported_reason(fake(optimizer=adagrad)))
+    offload = ds(zero_optimization={"stage": 3, "offload_param": {"device": "cpu"}})
+    for kw, match in [
+        (dict(accelerator=offload), "offload_param"),
+        (dict(accelerator=ds(optimizer={"type": "AdamW"})), "'optimizer' section"),
+        (dict(args=args("sgd")), "ZeRO frees the gradients"),
+    ]:
+        assert match in str(unsupported_reason(fake(is_deepspeed_enabled=True, **kw)))
 
 
 def test_budget_with_an_unsupported_optimizer_fails_at_construction(tmp_path):
@@ -210,22 +166,23 @@ def measured_kl_over_budget(tmp_path, name: str, delta: float, **overrides) -> l
 
 @pytest.mark.slow
 def test_budget_holds_the_measured_kl_at_an_aggressive_lr(tmp_path):
-    """lookahead budget δ: measured KL <= 1.1 δ on >= 95% of steps (all with backtracking); without
-    the budget the same run exceeds δ on every step."""
+    """lookahead budget δ, by default (backtracking on): measured KL <= BUDGET_SLACK·δ on every step, within
+    MAX_LOOKAHEADS forwards; without the budget the same run exceeds δ on every step; without backtracking the
+    sqrt rule alone gives s²·KL̂ = δ."""
     delta = 1e-3
     free = measured_kl_over_budget(tmp_path, "free", delta)
     assert all(h[metrics.TRUE_KL] > delta for h in free)
     budgeted = measured_kl_over_budget(tmp_path, "budget", delta, capo_kl_budget=delta)
     ratios = [h[metrics.TRUE_KL] / delta for h in budgeted]
     print(f"worst measured KL / budget: {max(ratios):.3f}")
-    assert sum(r <= 1.1 for r in ratios) >= 0.95 * len(ratios)
-    for h in budgeted:  # the quadratic rule: s² · KL̂ = δ whenever the step was scaled
-        assert h[metrics.KL_SCALE] < 1.0
-        assert h[metrics.KL_SCALE] ** 2 * h[metrics.KL_PREDICTED] == pytest.approx(delta)
-    backtracked = measured_kl_over_budget(
-        tmp_path, "backtrack", delta, capo_kl_budget=delta, capo_kl_backtrack=True
+    assert all(r <= BUDGET_SLACK for r in ratios)
+    assert all(2 <= h[metrics.KL_LOOKAHEADS] <= MAX_LOOKAHEADS for h in budgeted)
+    sqrt_rule = measured_kl_over_budget(
+        tmp_path, "sqrt", delta, capo_kl_budget=delta, capo_kl_backtrack=False
     )
-    assert all(h[metrics.TRUE_KL] <= 1.1 * delta for h in backtracked)
+    for h in sqrt_rule:  # the quadratic rule: s² · KL̂ = δ whenever the step was scaled
+        assert h[metrics.KL_SCALE] < 1.0 and h[metrics.KL_LOOKAHEADS] == 1
+        assert h[metrics.KL_SCALE] ** 2 * h[metrics.KL_PREDICTED] == pytest.approx(delta)
 
 
 BUDGETED: dict[str, Any] = dict(
@@ -236,7 +193,8 @@ BUDGETED: dict[str, Any] = dict(
 
 def test_budget_is_invariant_to_the_gradient_accumulation_split(tmp_path):
     """GA 1 x 8 and GA 2 x 4 completions: the same scales and parameters (up to summation order, which
-    Adam amplifies on near-zero gradients: measured 3e-9 relative)."""
+    Adam amplifies on near-zero gradients: measured 3e-9 relative; the backtracked scales, fitted through two
+    measured KLs, amplify it to 2e-8)."""
     runs = []
     for ga in (1, 2):
         tr = H.trainer(
@@ -249,7 +207,7 @@ def test_budget_is_invariant_to_the_gradient_accumulation_split(tmp_path):
         runs.append(([h[metrics.KL_SCALE] for h in kl_history(tr)], H.params(tr.model)))
     (scales1, params1), (scales2, params2) = runs
     assert all(s < 1.0 for s in scales1)
-    assert scales2 == pytest.approx(scales1, rel=1e-9)
+    assert scales2 == pytest.approx(scales1, rel=1e-7)
     for name, p in params1.items():
         err = float((params2[name] - p).abs().max())
         assert err <= FLOAT32_RTOL * float(p.abs().max()) + FLOAT32_ATOL, name
