@@ -5,8 +5,8 @@ Runs ``capo train`` (the embedded tiny default, CAPO on) with ``--capo_kl_budget
 
 - ``step``: the whole optimizer step (``on_step_begin`` -> ``on_step_end``: generation, forward, backward,
   CAPO, optimizer step, the diagnostics);
-- ``predict``: the budget's work before ``optimizer.step()`` (``StepKLControl.before_optimizer_step``:
-  the prospective step, the prediction, the lr scaling);
+- ``predict``: the budget's work right after ``optimizer.step()`` (``StepKLControl.after_optimizer_step``:
+  the measured KL of the step, the moves along it, the backtracking checks);
 - ``true_kl``: the true-KL diagnostic after the step (``CAPOStep.true_kl``: one no-grad forward of
   the step's completions plus the full-vocabulary KL and its head-only part) — the "one extra forward" yardstick.
 
@@ -71,7 +71,7 @@ def instrumented(steps: list[dict[str, float]]) -> Iterator[None]:
             steps.append({"step": time.perf_counter() - current.pop("t0"), **current})
 
     cls, ctl, step = tr.CAPOTrainer, kb.StepKLControl, ops.CAPOStep
-    originals = (cls.__init__, step.true_kl, ctl.before_optimizer_step)
+    originals = (cls.__init__, step.true_kl, ctl.after_optimizer_step)
 
     def init(self: Any, *a: Any, **kw: Any) -> None:
         originals[0](self, *a, **kw)
@@ -79,12 +79,12 @@ def instrumented(steps: list[dict[str, float]]) -> Iterator[None]:
 
     cls.__init__ = init  # type: ignore[method-assign]
     step.true_kl = _timed(current, "true_kl", originals[1])  # type: ignore[method-assign]
-    ctl.before_optimizer_step = _timed(current, "predict", originals[2])  # type: ignore[method-assign]
+    ctl.after_optimizer_step = _timed(current, "predict", originals[2])  # type: ignore[method-assign]
     try:
         yield
     finally:
         cls.__init__, step.true_kl = originals[0], originals[1]  # type: ignore[method-assign]
-        ctl.before_optimizer_step = originals[2]  # type: ignore[method-assign]
+        ctl.after_optimizer_step = originals[2]  # type: ignore[method-assign]
 
 
 def run_once(model: str, steps: int, seed: int, workdir: Path) -> list[dict[str, float]]:

@@ -14,6 +14,7 @@ __all__ = [
     "EXACT_ATOL",
     "EXACT_RTOL",
     "FLOAT32_ATOL",
+    "FLOAT32_ADAM_RTOL",
     "FLOAT32_RTOL",
     "MC_TARGET_RTOL",
     "PROB_SUM_ATOL",
@@ -30,6 +31,11 @@ FLOAT32_RTOL = 1e-4
 
 FLOAT32_ATOL = 1e-6
 """Absolute floor for float32 comparisons."""
+
+FLOAT32_ADAM_RTOL = 1e-3
+"""Weights of float32 runs that differ only in summation order (1 process vs a ZeRO reduce-scatter), after a few
+Adam steps, relative to the tensor's largest entry: Adam divides by sqrt(v), so on entries whose gradient is near
+zero the rounding of the gradient changes the step by O(1) relative (measured up to 2.4e-4 after 3 steps)."""
 
 BF16_RTOL = 2e-2
 """Relative tolerance for bf16 inputs accumulated in float32."""
