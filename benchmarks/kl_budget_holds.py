@@ -80,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     print(f"delta {delta:g}, {rule}, seed {seed}", file=sys.stderr, flush=True)
                     folder = Path(tmp) / f"{delta}-{len(extra)}-{seed}"
-                    rows += [{"seed": seed, **r} for r in run_once(delta, extra, seed, args.steps, folder)]
+                    rows += [
+                        {"seed": seed, **r}
+                        for r in run_once(delta, extra, seed, args.steps, folder)
+                    ]
                 results.append({"delta": delta, "rule": rule, **summary(rows), "rows": rows})
-    print(f"{'delta':>7} {'rule':<24} {'scaled':>6} {'<=1.1δ':>7} {'worst':>6} {'median':>7} {'fwd':>5}")
+    print(
+        f"{'delta':>7} {'rule':<24} {'scaled':>6} {'<=1.1δ':>7} {'worst':>6} {'median':>7} {'fwd':>5}"
+    )
     for r in results:
         print(
             f"{r['delta']:7.0e} {r['rule']:<24} {r['scaled_steps']:6d} {100 * r['within_1.1']:6.1f}% "

@@ -89,7 +89,9 @@ def project(target: Paper, hw: Hardware, quick: bool) -> dict[str, Any]:
     from capo.applied_step import CHUNK
 
     tokens = target.completions_per_rank * target.completion_tokens
-    kl = measure_true_kl(target.hidden, target.vocab, 64 if quick else target.kl_chunk, torch.bfloat16)
+    kl = measure_true_kl(
+        target.hidden, target.vocab, 64 if quick else target.kl_chunk, torch.bfloat16
+    )
     scratch = kl["scratch"] * (target.kl_chunk / kl["tokens"])  # linear in the chunk's tokens
     memory = {
         "output layer before the step (bf16)": kl["head_copy"] / MIB,
@@ -102,9 +104,18 @@ def project(target: Paper, hw: Hardware, quick: bool) -> dict[str, Any]:
     move_bytes = 16 * target.params / target.ranks  # read θ, m, v; write θ (float32 partition)
     gather = 2 * target.params * (target.ranks - 1) / target.ranks  # bit16 weights received
     time_ms = {
-        "lookahead forward": 2 * target.params * forward_tokens / (hw.bf16_flops * target.mfu) * 1e3,
-        "its full-vocabulary KL (logits before and after)": 2 * 2 * tokens * target.hidden * target.vocab
-        / hw.bf16_flops * 1e3,
+        "lookahead forward": 2
+        * target.params
+        * forward_tokens
+        / (hw.bf16_flops * target.mfu)
+        * 1e3,
+        "its full-vocabulary KL (logits before and after)": 2
+        * 2
+        * tokens
+        * target.hidden
+        * target.vocab
+        / hw.bf16_flops
+        * 1e3,
         "one move, ZeRO-2 (partition + bit16 copy + all-gather)": (
             (move_bytes + 6 * target.params / target.ranks) / hw.bandwidth + gather / target.nvlink
         )
@@ -124,7 +135,8 @@ def project(target: Paper, hw: Hardware, quick: bool) -> dict[str, Any]:
         "memory_mib": memory,
         "memory_total_mib": sum(memory.values()),
         "bound_mib": {
-            "one rank's fp32 partition of the parameters (the issue's bound, ZeRO)": partition / MIB,
+            "one rank's fp32 partition of the parameters (the issue's bound, ZeRO)": partition
+            / MIB,
             "the old lookahead's parameter backup (bf16, DDP only)": target.params * 2 / MIB,
         },
         "time_ms": time_ms,
@@ -152,7 +164,14 @@ def measure(steps: int) -> dict[str, Any]:
     cli.exit_launched_process = lambda code=0: None  # a launched rank leaves at the end of main()
     try:
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            argv = ["--learning_rate", "1e-3", "--capo_kl_budget", "1e-3", "--max-steps", str(steps)]
+            argv = [
+                "--learning_rate",
+                "1e-3",
+                "--capo_kl_budget",
+                "1e-3",
+                "--max-steps",
+                str(steps),
+            ]
             if cli.main([*argv, "--output-dir", f"{tmp}/run"]) != 0:
                 raise RuntimeError("capo train failed")
     finally:
@@ -207,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and rank == 0:
         args.out.mkdir(parents=True, exist_ok=True)
         kind = "project" if args.project else f"measure_ws{outputs['measured']['world_size']}"
-        (args.out / f"kl_budget_memory_{kind}.json").write_text(json.dumps(outputs, indent=1) + "\n")
+        (args.out / f"kl_budget_memory_{kind}.json").write_text(
+            json.dumps(outputs, indent=1) + "\n"
+        )
     from capo_app.launch import exit_launched_process
 
     exit_launched_process()

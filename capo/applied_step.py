@@ -119,7 +119,9 @@ class AppliedStep:
             return
         for i, group in enumerate(groups):
             for p in group["params"]:
-                if zero is not None or p.grad is not None:  # torch skips a tensor without a gradient
+                if (
+                    zero is not None or p.grad is not None
+                ):  # torch skips a tensor without a gradient
                     yield i, p
 
     @torch.no_grad()

@@ -289,8 +289,10 @@ class StepKLControl:
 
     @torch.no_grad()
     def _kl_sums(self, step: CAPOStep, model: Any, reduce: ReduceSum) -> tuple[float, float]:
-        """(Σ KL, number of tokens) over all ranks' valid tokens: lookahead at the current parameters;
-        last_layer at s = 1 (call it before any move)."""
+        """(Σ KL, number of tokens) over all ranks' valid tokens, at the current parameters.
+
+        ``last_layer`` reads the output layer's step W(1) − W(0): call it before any move.
+        """
         sums = torch.zeros(2, dtype=torch.float64, device=step.device)
         if step.head_before is not None:
             with gathered_output_layer(model):

@@ -56,7 +56,9 @@ def trainer(out_dir: str, world: int, budget: float | None, dtype: torch.dtype, 
 
 def history(tr) -> list[dict[str, float]]:
     keys = (*KEYS, metrics.KL_LOOKAHEADS)
-    return [{k: h[k] for k in keys if k in h} for h in tr.state.log_history if metrics.KL_SCALE in h]
+    return [
+        {k: h[k] for k in keys if k in h} for h in tr.state.log_history if metrics.KL_SCALE in h
+    ]
 
 
 def run(out_dir: str, world: int, budget: float | None, dtype=torch.float64, **extra) -> dict:
@@ -68,7 +70,14 @@ def run(out_dir: str, world: int, budget: float | None, dtype=torch.float64, **e
 def run_all(out_dir: str, world: int, dtype: torch.dtype = torch.float64) -> dict:
     out = {
         "free": run(os.path.join(out_dir, "free"), world, None, dtype),
-        "budget": run(os.path.join(out_dir, "budget"), world, BUDGET, dtype, save_strategy="steps", save_steps=2),
+        "budget": run(
+            os.path.join(out_dir, "budget"),
+            world,
+            BUDGET,
+            dtype,
+            save_strategy="steps",
+            save_steps=2,
+        ),
     }
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         tr = trainer(os.path.join(out_dir, "resumed"), world, BUDGET, dtype)

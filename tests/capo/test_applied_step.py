@@ -15,7 +15,7 @@ from capo.applied_step import AppliedStep, inner_optimizer
 from tests.tolerances import EXACT_ATOL, EXACT_RTOL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from allocations import OpCounter  # noqa: E402
+from allocations import OpCounter
 
 IMPLEMENTATIONS = [{}, {"foreach": True}, {"fused": True}]
 ADAM_CASES = [

@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from capo import metrics
-from capo.kl_budget import BUDGET_SLACK, MAX_LOOKAHEADS, budget_scale, fitted_scale, unsupported_reason
+from capo.kl_budget import (
+    BUDGET_SLACK,
+    MAX_LOOKAHEADS,
+    budget_scale,
+    fitted_scale,
+    unsupported_reason,
+)
 from tests.capo import _trainer_helpers as H
-from tests.tolerances import EXACT_ATOL, EXACT_RTOL, FLOAT32_ATOL, FLOAT32_RTOL
+from tests.tolerances import EXACT_RTOL, FLOAT32_ATOL, FLOAT32_RTOL
 
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": dict(optim="adamw_torch", weight_decay=0.1),
@@ -83,7 +89,8 @@ def test_unsupported_setups_are_refused_in_one_line():
     """FSDP, fp16 loss scaling, low-precision parameters, other optimizers, and the DeepSpeed set-ups whose
     master weights or gradients the line cannot reach: one clear reason each."""
     ds = lambda **config: SimpleNamespace(  # noqa: E731
-        scaler=None, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config))
+        scaler=None,
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)),
     )
     model = torch.nn.Linear(2, 2)
     base = dict(optimizer=None, accelerator=ds(zero_optimization={"stage": 2}), model=model)
