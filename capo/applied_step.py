@@ -83,11 +83,11 @@ def inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def _pieces(p: torch.Tensor, tensors: Sequence[torch.Tensor | None]) -> Iterator[list[Any]]:
-    """[p piece, *tensor pieces] over matching [CHUNK] slices of the flattened tensors (None stays None)."""
-    flat = [p.detach().view(-1), *(None if t is None else t.detach().view(-1) for t in tensors)]
+def _pieces(p: torch.Tensor, tensors: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """[p piece, *tensor pieces] over matching [CHUNK] slices of the flattened tensors."""
+    flat = [p.detach().view(-1), *(t.detach().view(-1) for t in tensors)]
     for a in range(0, flat[0].numel(), CHUNK):
-        yield [None if t is None else t[a : a + CHUNK] for t in flat]
+        yield [t[a : a + CHUNK] for t in flat]
 
 
 class AppliedStep:
@@ -159,6 +159,10 @@ class AppliedStep:
             for theta, buf in _pieces(p, [state["momentum_buffer"]]):
                 _move(theta, buf.to(theta.dtype), lr, 0.0, self.s, s)
             return
+        if p.grad is None:  # ZeRO frees it: SGD is refused there (kl_budget.unsupported_reason)
+            raise ValueError(
+                "SGD without momentum: the step's direction is its gradient, which is gone"
+            )
         sign = -1.0 if group["maximize"] else 1.0
         for theta, g in _pieces(p, [p.grad]):
             _move(theta, g.to(theta.dtype) * sign, lr, float(group["weight_decay"]), self.s, s)

@@ -305,7 +305,10 @@ class StepKLControl:
                 else:  # last_layer: exactly quadratic in the scale
                     w, b = output_layer(model)
                     w0, b0 = step.head_before
-                    head_step = (w.detach() - w0, None if b is None else b.detach() - b0)
+                    head_step = (
+                        w.detach() - w0,
+                        None if b is None or b0 is None else b.detach() - b0,
+                    )
                     supports = step.supports(self.support_size, self.temperature)
                     sums = last_layer_kl_sums(supports, head_step, self.temperature)
         total, n = reduce(sums.to(step.device)).tolist()  # the one host sync of a measurement

@@ -16,15 +16,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from capo.kl_budget import unsupported_reason
 from capo.trainer import CAPOTrainer
 from capo_app.checks import UsageError
 from capo_app.data import load_math_dataset, make_arithmetic_dataset
+from capo_app.kl_budget_plan import budget_refusal, extra_memory_mib, model_shape
 from capo_app.preflight import preflight
 from capo_app.recipe import (
     EMBEDDED_TINY,
@@ -295,10 +294,8 @@ def _paragraph(values: dict[str, Any], numbers: dict[str, int], built: StandIn, 
     )
 
 
-def _launch_line(argv: Sequence[str], processes: int, kl_budget: bool = False) -> str:
+def _launch_line(argv: Sequence[str], processes: int) -> str:
     rest = " ".join(a for a in argv if a not in ("--dry-run", "--dry_run"))
-    if processes > 1 and kl_budget:  # the KL budget refuses DeepSpeed: plain DDP
-        return f"Launch: accelerate launch --multi_gpu --num_processes {processes} -m capo_app train {rest}"
     if processes > 1:
         return (
             "Launch: accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes "
@@ -330,7 +327,7 @@ def dry_run(argv: Sequence[str]) -> int:
             preflight(script_args, real_settings(config, values))  # the real run's own checks
         except UsageError as error:
             errors.append(str(error))
-        kl_refusal = _kl_budget_refusal(values)
+        kl_refusal = budget_refusal(values, numbers["processes"])
         if kl_refusal is not None:
             errors.append(kl_refusal)
         built = None if errors else _stand_in(values, script_args, config, errors)
@@ -342,8 +339,29 @@ def dry_run(argv: Sequence[str]) -> int:
             + "; ".join(errors)
         )
     print(_paragraph(values, numbers, built, effective_method(config).label))
-    print(_launch_line(argv, numbers["processes"], values.get("capo_kl_budget") is not None))
+    if values.get("capo_kl_budget") is not None:
+        print(_budget_memory_line(values, script_args.model_name_or_path))
+    print(_launch_line(argv, numbers["processes"]))
     return 0
+
+
+def _budget_memory_line(values: dict[str, Any], model_name: str) -> str:
+    """The KL budget's projected extra memory per GPU (:mod:`capo_app.kl_budget_plan`)."""
+    real = None if model_name == EMBEDDED_TINY else real_model_config(model_name)
+    tiny = (TinyModelConfig().hidden_size, len(build_tiny_tokenizer()))
+    shape = tiny if model_name == EMBEDDED_TINY else model_shape(model_name, real)
+    if shape is None:
+        return "KL budget: extra memory not projected (the model's config.json is not on disk)."
+    dtype = str((values.get("model_init_kwargs") or {}).get("dtype", "float32"))
+    per_rank = int(values["per_device_train_batch_size"]) * int(
+        values.get("gradient_accumulation_steps") or 1
+    )
+    parts = extra_memory_mib(*shape, per_rank * _lengths(values)[1], 2 if "16" in dtype else 4)
+    listed = ", ".join(f"{k} {v:,.0f} MiB" for k, v in parts.items())
+    return (
+        f"KL budget: projected extra memory per GPU {sum(parts.values()) / 1024:.1f} GiB ({listed}); "
+        "no copy of the parameters."
+    )
 
 
 #: The settings the stand-in swaps out (:data:`CPU_OVERRIDES`) that the real run's checks must still see.
@@ -357,20 +375,6 @@ def real_settings(config: Any, values: dict[str, Any]) -> Any:
         if name in values:
             object.__setattr__(real, name, values[name])
     return real
-
-
-def _kl_budget_refusal(values: dict[str, Any]) -> str | None:
-    """What the KL budget refuses in the real set-up (DeepSpeed, FSDP, fp16 scaling, the optimizer)."""
-    if values.get("capo_kl_budget") is None:
-        return None
-    setup = SimpleNamespace(
-        is_deepspeed_enabled=bool(values.get("deepspeed")),
-        is_fsdp_enabled=bool(values.get("fsdp")),
-        accelerator=SimpleNamespace(scaler=object() if values.get("fp16") else None),
-        optimizer=None,
-        args=SimpleNamespace(optim=str(getattr(values.get("optim"), "value", values.get("optim")))),
-    )
-    return unsupported_reason(setup)
 
 
 def precision(values: dict[str, Any]) -> str:

@@ -150,3 +150,15 @@ def test_unknown_recipe_keys_are_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("capo: error: unknown keys") and "learning_rat" in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_the_kl_budget_recipe_launches_on_zero2_and_projects_its_memory(capsys):
+    """The paper's aggressive regime with a KL budget runs on the ZeRO-2 launch; the dry run says what it costs."""
+    assert main(["--config", str(RECIPES / "grpo_kl_budget.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--config_file recipes/accelerate/zero2.yaml --num_processes 4" in out
+    assert "KL budget: projected extra memory per GPU 4.3 GiB" in out
+    assert "no copy of the parameters" in out
+    one_gpu = ["--expected_num_processes", "1", "--gradient_accumulation_steps", "12"]
+    assert main(["--config", str(RECIPES / "grpo_kl_budget.yaml"), *one_gpu, "--dry-run"]) == 2
+    assert "bfloat16/float16 parameters would round the move away" in capsys.readouterr().err
