@@ -173,14 +173,20 @@ def unsupported_reason(trainer: Any) -> str | None:
             "parameters would round the move away; load the model in float32 (bf16 autocast still "
             "applies) or use DeepSpeed (float32 master weights)"
         )
-    if trainer.optimizer is not None:  # passed in by the user: check its class now
-        try:
-            inner_optimizer(trainer.optimizer)
-        except ValueError as err:
-            return str(err)
-    elif args.optim not in SUPPORTED_OPTIMS:
+    if trainer.optimizer is None and args.optim not in SUPPORTED_OPTIMS:
         return f"the KL budget supports optim in {list(SUPPORTED_OPTIMS)}, got {args.optim!r}"
+    try:  # the user's optimizer, or one built as the trainer will build it (its flags: optim_args)
+        inner_optimizer(trainer.optimizer or _probe_optimizer(trainer))
+    except ValueError as err:
+        return str(err)
     return None
+
+
+def _probe_optimizer(trainer: Any) -> torch.optim.Optimizer:
+    """An optimizer of the class and flags the trainer will create, over one dummy parameter."""
+    cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    kwargs = {k: v for k, v in kwargs.items() if k != "params"}
+    return cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
 
 
 def _deepspeed_reason(trainer: Any) -> str | None:

@@ -49,7 +49,8 @@ def budget_refusal(values: dict[str, Any], processes: int) -> str | None:
             state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=_ZERO2)),
         ),
         model=param,
-        optimizer=None,
+        optimizer=None,  # its flags are checked when the dry run builds the trainer
+        get_optimizer_cls_and_kwargs=lambda args, model: (torch.optim.AdamW, {}),
         args=SimpleNamespace(optim=optim, fp16=bool(values.get("fp16"))),
     )
     return unsupported_reason(setup)

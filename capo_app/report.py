@@ -37,6 +37,7 @@ REJECTION_FISHER = metrics.REJECTION_RATE_FISHER
 COMPLETIONS = metrics.COMPLETIONS_SEEN
 TRUE_KL = metrics.TRUE_KL
 KL_SCALE = metrics.KL_SCALE
+KL_LOOKAHEADS = metrics.KL_LOOKAHEADS
 REWARD = "reward"
 
 _STAT_ORDER = ("mean", "p50", "p99", "max", "min")
@@ -150,7 +151,7 @@ def summarize(
         ``completions``, ``test_accuracy_before`` / ``_after`` (greedy), ``test_sampled_before`` / ``_after``
         with their ``_se`` and ``test_sampled_temperature`` / ``_k``, ``train_reward_first`` / ``_last``, ``rejection_rate_peak`` / ``_final`` / ``_mean`` (and the peaks per
         criterion), ``global_m_F_peak``, ``true_kl_peak``, the KL budget's ``kl_scale_min`` / ``_median`` and
-        ``kl_steps_scaled`` of ``kl_steps``, ``wall_time_s``; None where not measured.
+        ``kl_steps_scaled`` of ``kl_steps`` and its ``kl_lookaheads`` (forwards, all steps), ``wall_time_s``; None where not measured.
     """
     accuracies = [p for p in test_accuracy if _finite(p.get("accuracy")) is not None]
     _, rejection = series(history, REJECTION)
@@ -194,6 +195,7 @@ def _kl_scale_stats(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "kl_scale_median": None,
             "kl_steps_scaled": None,
             "kl_steps": None,
+            "kl_lookaheads": None,
         }
     ordered = sorted(scale)
     mid = len(ordered) // 2
@@ -202,6 +204,7 @@ def _kl_scale_stats(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "kl_scale_min": min(scale),
         "kl_scale_median": median,
         "kl_steps_scaled": sum(s < 1.0 for s in scale),
+        "kl_lookaheads": sum(series(history, KL_LOOKAHEADS)[1]) or None,
         "kl_steps": len(scale),
     }
 
@@ -248,6 +251,7 @@ _ROWS = (
     ("KL budget lr scale, min", "kl_scale_min", "{:.3g}"),
     ("KL budget lr scale, median", "kl_scale_median", "{:.3g}"),
     ("  steps scaled", "kl_steps_scaled", lambda s: f"{s['kl_steps_scaled']} of {s['kl_steps']}"),
+    ("  lookahead forwards", "kl_lookaheads", "{:.0f}"),
     ("wall time (after imports)", "wall_time_s", "{:.0f} s"),
 )
 

@@ -93,7 +93,11 @@ def test_unsupported_setups_are_refused_in_one_line():
         state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)),
     )
     model = torch.nn.Linear(2, 2)
-    base = dict(optimizer=None, accelerator=ds(zero_optimization={"stage": 2}), model=model)
+    build = lambda args, model: (torch.optim.AdamW, {"lr": 1e-3})  # noqa: E731
+    base = dict(
+        optimizer=None, accelerator=ds(zero_optimization={"stage": 2}), model=model,
+        get_optimizer_cls_and_kwargs=build,
+    )  # fmt: skip
     args = lambda optim="adamw_torch": SimpleNamespace(optim=optim, fp16=False)  # noqa: E731
     fake = lambda **kw: SimpleNamespace(**{**base, "args": args(), **kw})  # noqa: E731
     assert unsupported_reason(fake()) is None
@@ -114,8 +118,13 @@ def test_unsupported_setups_are_refused_in_one_line():
 
 
 def test_budget_with_an_unsupported_optimizer_fails_at_construction(tmp_path):
+    """Refused before the optimizer exists: its class, and flags the step cannot model (from optim_args)."""
     with pytest.raises(ValueError, match="KL budget supports optim"):
         H.trainer(str(tmp_path), capo_kl_budget=1e-3, optim="adagrad")
+    with pytest.raises(ValueError, match=r"SGD\(nesterov=True\)"):
+        H.trainer(
+            str(tmp_path), capo_kl_budget=1e-3, optim="sgd", optim_args="momentum=0.9,nesterov=true"
+        )
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from capo_app.plots import plot_log
 from capo_app.run import method_label
 
 HISTORY = [
-    {"step": s, metrics.REJECTION_RATE: r, metrics.KL_SCALE: k}
-    for s, r, k in ((1, 0.02, 1.0), (2, 0.01, 0.25), (3, 0.03, 0.5))
+    {"step": s, metrics.REJECTION_RATE: r, metrics.KL_SCALE: k, metrics.KL_LOOKAHEADS: n}
+    for s, r, k, n in ((1, 0.02, 1.0, 1.0), (2, 0.01, 0.25, 3.0), (3, 0.03, 0.5, 2.0))
 ]
 
 
@@ -31,6 +31,7 @@ def test_a_kl_budget_shows_in_the_label_the_summary_and_a_plot(tmp_path):
     assert (summary["kl_steps_scaled"], summary["kl_steps"]) == (2, 3)
     table = report.format_summary_table(summary)
     assert "KL budget lr scale, min" in table and "2 of 3" in table
+    assert summary["kl_lookaheads"] == 6 and "lookahead forwards" in table
     log = {"history": HISTORY, "run": {"kl_budget": 1e-3}, "summary": summary}
     assert (tmp_path / "kl_scale.png") in plot_log(log, tmp_path)
 
