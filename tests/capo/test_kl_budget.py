@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
-from capo import metrics
+from capo import applied_step, metrics
 from capo.kl_budget import (
     BUDGET_SLACK,
     MAX_LOOKAHEADS,
+    StepKLControl,
     budget_scale,
     fitted_scale,
     unsupported_reason,
 )
+from capo.optimizer_step import CAPOStep
 from tests.capo import _trainer_helpers as H
 from tests.tolerances import EXACT_RTOL, FLOAT32_ATOL, FLOAT32_RTOL
 
@@ -242,3 +246,37 @@ def test_resume_reproduces_the_budgeted_steps(tmp_path):
     assert again[metrics.KL_SCALE] < 1.0
     full_params, resumed_params = H.params(full.model), H.params(resumed.model)
     assert all(torch.equal(full_params[k], resumed_params[k]) for k in full_params)
+
+
+def test_the_control_allocates_a_measuring_forward_and_chunks_never_a_parameter_copy(
+    tmp_path, monkeypatch
+):
+    """Peak bytes of the budget's work per step (counted op by op): those of one measuring forward (the true-KL
+    diagnostic's, counted the same way) plus a few move chunks, below what a copy of the parameters adds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from allocations import OpCounter
+
+    monkeypatch.setattr(applied_step, "CHUNK", 1024)
+    peaks: dict[str, int] = {"control": 0, "true_kl": 0}
+
+    def counted(name: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with OpCounter() as counter, counter.phase(name) as phase:
+                out = fn(*args, **kwargs)
+            peaks[name] = max(peaks[name], phase.peak)
+            return out
+
+        return run
+
+    monkeypatch.setattr(
+        StepKLControl,
+        "after_optimizer_step",
+        counted("control", StepKLControl.after_optimizer_step),
+    )
+    monkeypatch.setattr(CAPOStep, "true_kl", counted("true_kl", CAPOStep.true_kl))
+    tr = H.trainer(str(tmp_path), capo_log_true_kl=True, **BUDGETED)
+    tr.train()
+    assert all(h[metrics.KL_SCALE] < 1.0 for h in kl_history(tr))
+    param_bytes = sum(p.numel() * p.element_size() for p in tr.model.parameters())
+    chunks = 4 * applied_step.CHUNK * 8  # a few float64 [CHUNK] temporaries
+    assert peaks["control"] <= peaks["true_kl"] + chunks < peaks["true_kl"] + param_bytes
