@@ -135,7 +135,7 @@ def project(target: Paper, hw: Hardware, quick: bool) -> dict[str, Any]:
         "memory_mib": memory,
         "memory_total_mib": sum(memory.values()),
         "bound_mib": {
-            "one rank's fp32 partition of the parameters (the issue's bound, ZeRO)": partition
+            "one rank's fp32 partition of the parameters (the control's memory bound)": partition
             / MIB,
             "the old lookahead's parameter backup (bf16, DDP only)": target.params * 2 / MIB,
         },
