@@ -108,7 +108,7 @@ def last_layer_kl_sums(
 
     ``supports`` gives, per micro-batch, (hidden [N, H], support ids [N, k], support probs [N, k]) under
     the output layer before the step (:meth:`capo.optimizer_step.CAPOStep.supports`: the top-k at the
-    temperature, the sampled token included); ``head_step`` = (ΔW, Δb) is the optimizer's prospective
+    temperature, the sampled token included); ``head_step`` = (ΔW, Δb) is the optimizer's
     step of that layer.
     """
     total = torch.zeros(2, dtype=torch.float64, device=head_step[0].device)

@@ -5,7 +5,7 @@ the output layer taken before the optimizer step; π_after from one extra no-gra
 inputs after the step (paper App. L, Fig. 9 analogue, here exact instead of Monte Carlo). Logits are
 formed in [C, V] token chunks, never [N, V]. :func:`step_kl_sums` re-runs one step's micro-batches and also
 gives the head-only part (old hidden states, new output layer), the share the last-layer model can see; the KL
-budget (:mod:`capo.kl_budget`) uses it with the parameters moved by the prospective step.
+budget (:mod:`capo.kl_budget`) uses it at the parameters the step has moved to.
 """
 
 from __future__ import annotations
