@@ -103,6 +103,8 @@ class AppliedStep:
     def __init__(self, optimizer: Any, lrs: Sequence[float]) -> None:
         self.optimizer = inner_optimizer(optimizer)
         self.zero = zero_optimizer(optimizer)
+        if self.zero is not None:
+            _check_zero(self.zero)
         self.lrs = [float(lr) for lr in lrs]
         if len(self.lrs) != len(self.optimizer.param_groups):
             raise ValueError(
@@ -174,6 +176,26 @@ def _move(theta: torch.Tensor, d: torch.Tensor, lr: float, w: float, s1: float, 
         theta.add_(d, alpha=(s1 - s2) * lr)
         return
     theta.add_(d, alpha=s1 * lr).div_(1 - s1 * lr * w).mul_(1 - s2 * lr * w).add_(d, alpha=-s2 * lr)
+
+
+ZERO_INTERNALS = {
+    "ZeRO-1/2": ("single_partition_of_fp32_groups", "update_lp_params"),
+    "ZeRO-3": ("fp32_partitioned_groups_flat", "sub_group_to_group_id", "fp16_groups",
+               "persistent_parameters", "_reassign_or_swap_out_partitioned_parameters",
+               "_partition_all_parameters", "invalidate_secondary_tensor"),
+}  # fmt: skip
+"""What the move reads and calls of ZeRO's optimizer (verified with DeepSpeed 0.19.8)."""
+
+
+def _check_zero(zero: Any) -> None:
+    """ValueError naming what is missing if this DeepSpeed's ZeRO optimizer lacks what a move needs."""
+    stage = "ZeRO-3" if hasattr(zero, "fp32_partitioned_groups_flat") else "ZeRO-1/2"
+    missing = [name for name in ZERO_INTERNALS[stage] if not hasattr(zero, name)]
+    if missing:
+        raise ValueError(
+            f"the KL budget cannot move this DeepSpeed's {stage} master weights ({type(zero).__name__} "
+            f"has no {', '.join(missing)}; verified with DeepSpeed 0.19.8)"
+        )
 
 
 def _write_back(zero: Any) -> None:

@@ -114,3 +114,15 @@ def test_a_move_allocates_a_few_chunks_not_a_copy_of_the_parameters(monkeypatch)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     assert copy.peak >= param_bytes and backup
     assert move.peak <= 4 * chunk * 4 < param_bytes // 16
+
+
+def test_a_zero_optimizer_without_what_a_move_needs_is_refused_by_name():
+    """A DeepSpeed whose ZeRO optimizer lacks the internals the move uses: one line naming them."""
+
+    class FakeZero:
+        def __init__(self, inner):
+            self.optimizer, self.single_partition_of_fp32_groups = inner, []
+
+    inner = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=r"ZeRO-1/2 .*no update_lp_params; verified with DeepSpeed"):
+        AppliedStep(FakeZero(inner), [1e-3])
