@@ -124,5 +124,7 @@ def test_a_zero_optimizer_without_what_a_move_needs_is_refused_by_name():
             self.optimizer, self.single_partition_of_fp32_groups = inner, []
 
     inner = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
-    with pytest.raises(ValueError, match=r"ZeRO-1/2 .*no update_lp_params; verified with DeepSpeed"):
+    with pytest.raises(
+        ValueError, match=r"ZeRO-1/2 .*no update_lp_params; verified with DeepSpeed"
+    ):
         AppliedStep(FakeZero(inner), [1e-3])
