@@ -294,6 +294,19 @@ def check_one_job(num_processes: int, environ: dict[str, str] | None = None) -> 
         )
 
 
+def check_evaluation_sharding(evaluates: bool, model: Any) -> None:
+    """Refuse held-out evaluation of a model DeepSpeed ZeRO-3 has sharded (its parameters carry ``ds_id``).
+
+    The evaluation generates on the main process alone, from the whole model; under ZeRO-3 each rank holds a
+    shard of every parameter.
+    """
+    if evaluates and any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise UsageError(
+            "capo train's held-out evaluation generates on the main process from the whole model, which "
+            "DeepSpeed ZeRO-3 shards across the ranks: pass --eval_accuracy false under ZeRO-3"
+        )
+
+
 def check_evaluation(args: Any) -> None:
     """Refuse ``capo eval`` options that would crash or score nothing (``--limit 0``, ``--n-samples 0``, ...)."""
     check_positive("--max-new-tokens", args.max_new_tokens)

@@ -23,7 +23,7 @@ from capo_app.callbacks import (
     CompactProgressCallback,
     LogEveryStep,
 )
-from capo_app.checks import UsageError, check_one_job, check_training
+from capo_app.checks import UsageError, check_evaluation_sharding, check_one_job, check_training
 from capo_app.data import (
     MATH_PROMPT,
     PRESETS,
@@ -297,11 +297,7 @@ def train(
     model, tokenizer = load_policy(script_args, config)
     train_set = usable_prompts(train_set, tokenizer, script_args)
     trainer = _build_trainer(config, model, tokenizer, rewards, train_set)
-    if test_set is not None and any(hasattr(p, "ds_id") for p in model.parameters()):
-        raise UsageError(
-            "capo train's held-out evaluation generates on the main process from the whole model, which "
-            "DeepSpeed ZeRO-3 shards across the ranks: pass --eval_accuracy false under ZeRO-3"
-        )
+    check_evaluation_sharding(test_set is not None, model)
     per_step = completions_per_step(config, trainer.accelerator.num_processes)
     max_new = script_args.eval_max_new_tokens or int(config.max_completion_length or 256)
     tracker = AccuracyTracker(

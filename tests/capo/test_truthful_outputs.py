@@ -4,8 +4,9 @@ import argparse
 import json
 
 import pytest
+import torch
 
-from capo_app.checks import UsageError, check_one_job, check_step_model
+from capo_app.checks import UsageError, check_evaluation_sharding, check_one_job, check_step_model
 from capo_app.cli import main as capo_main
 from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_prompt_format, save_prompt_format
 from capo_app.evaluation.cli import prompt_format
@@ -127,3 +128,13 @@ def test_eval_writes_into_the_model_folder_by_default(tmp_path):
             "--max-new-tokens", "4", "--no-progress"]  # fmt: skip
     assert capo_main(argv) == 0
     assert (model / "capo_eval" / "eval_results.json").is_file()
+
+
+def test_held_out_evaluation_of_a_zero3_sharded_model_is_refused_in_one_line():
+    """Generation on the main process needs the whole model; a ZeRO-3 parameter (ds_id) is only a shard."""
+    model = torch.nn.Linear(2, 2)
+    check_evaluation_sharding(True, model)  # whole: fine
+    model.weight.ds_id = 0
+    check_evaluation_sharding(False, model)  # no evaluation: fine
+    with pytest.raises(UsageError, match="--eval_accuracy false under ZeRO-3"):
+        check_evaluation_sharding(True, model)
