@@ -102,9 +102,10 @@ class AppliedStep:
 
     def __init__(self, optimizer: Any, lrs: Sequence[float]) -> None:
         self.optimizer = inner_optimizer(optimizer)
-        self.zero = zero_optimizer(optimizer)
+        self.zero: Any = zero_optimizer(optimizer)  # None without ZeRO
+        self.stage3 = self.zero is not None and hasattr(self.zero, "fp32_partitioned_groups_flat")
         if self.zero is not None:
-            _check_zero(self.zero)
+            _check_zero(self.zero, "ZeRO-3" if self.stage3 else "ZeRO-1/2")
         self.lrs = [float(lr) for lr in lrs]
         if len(self.lrs) != len(self.optimizer.param_groups):
             raise ValueError(
@@ -114,16 +115,18 @@ class AppliedStep:
 
     def _stepped(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(param group index, tensor) of each tensor the step moved (under ZeRO: this rank's master partitions)."""
-        zero, groups = self.zero, self.optimizer.param_groups
-        if zero is not None and hasattr(zero, "fp32_partitioned_groups_flat"):  # ZeRO-3: sub-groups
-            for i, flat in enumerate(zero.fp32_partitioned_groups_flat):  # lent to a group per step
+        if (
+            self.stage3
+        ):  # ZeRO-3's sub-group partitions are lent to their param group only during its step
+            zero = self.zero
+            for i, flat in enumerate(zero.fp32_partitioned_groups_flat):
                 yield zero.sub_group_to_group_id[i], flat
             return
-        for i, group in enumerate(groups):
+        for i, group in enumerate(self.optimizer.param_groups):
             for p in group["params"]:
                 if (
-                    zero is not None or p.grad is not None
-                ):  # torch skips a tensor without a gradient
+                    self.zero is not None or p.grad is not None
+                ):  # torch skips a tensor with no gradient
                     yield i, p
 
     @torch.no_grad()
@@ -131,8 +134,8 @@ class AppliedStep:
         """Move every stepped parameter from θ(self.s) to θ(s) (and write it back under ZeRO)."""
         if s == self.s:
             return
-        if self.zero is not None and hasattr(self.zero, "fp32_partitioned_groups_flat"):
-            self.zero._partition_all_parameters()  # ZeRO-3: no gathered copy outlives the move
+        if self.stage3:
+            self.zero._partition_all_parameters()  # no gathered copy outlives the move
         adam = isinstance(self.optimizer, torch.optim.Adam)
         for i, p in self._stepped():
             group, lr, state = self.optimizer.param_groups[i], self.lrs[i], self.optimizer.state[p]
@@ -142,7 +145,7 @@ class AppliedStep:
                 self._move_sgd(p, group, state, lr, s)
         self.s = s
         if self.zero is not None:
-            _write_back(self.zero)
+            _write_back(self.zero, self.stage3)
 
     def _move_adam(self, p: torch.Tensor, group: dict, state: dict, lr: float, s: float) -> None:
         beta1, beta2 = (float(b) for b in group["betas"])
@@ -187,9 +190,8 @@ ZERO_INTERNALS = {
 """What the move reads and calls of ZeRO's optimizer (verified with DeepSpeed 0.19.8)."""
 
 
-def _check_zero(zero: Any) -> None:
+def _check_zero(zero: Any, stage: str) -> None:
     """ValueError naming what is missing if this DeepSpeed's ZeRO optimizer lacks what a move needs."""
-    stage = "ZeRO-3" if hasattr(zero, "fp32_partitioned_groups_flat") else "ZeRO-1/2"
     missing = [name for name in ZERO_INTERNALS[stage] if not hasattr(zero, name)]
     if missing:
         raise ValueError(
@@ -198,7 +200,7 @@ def _check_zero(zero: Any) -> None:
         )
 
 
-def _write_back(zero: Any) -> None:
+def _write_back(zero: Any, stage3: bool) -> None:
     """Copy each rank's moved master partition into the model's weights, as the end of ZeRO's ``step`` does.
 
     ZeRO-1/2 (``DeepSpeedZeroOptimizer``): its ``update_lp_params`` copies the float32 partition into the
@@ -207,7 +209,7 @@ def _write_back(zero: Any) -> None:
     re-gather the persistent (never partitioned) parameters and drop the stale secondary copies, as its
     ``_post_step`` does. A collective: every rank calls it at the same point.
     """
-    if hasattr(zero, "update_lp_params"):
+    if not stage3:
         zero.update_lp_params()
         return
     for i in range(len(zero.fp16_groups)):

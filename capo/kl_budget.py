@@ -149,8 +149,8 @@ def fitted_scale(points: list[tuple[float, float]], budget: float) -> float:
     return s_b * (budget / k_b) ** (1.0 / p)
 
 
-def unsupported_reason(trainer: Any) -> str | None:
-    """Why the step's line cannot be formed and moved in this trainer's set-up, or None if it can."""
+def unsupported_reason(trainer: Any, moves: bool = True) -> str | None:
+    """Why the step's KL cannot be measured, or (``moves``: with a budget) the step moved, in this set-up."""
     args = trainer.args
     if getattr(trainer, "is_fsdp_enabled", False):
         return "the KL budget does not support FSDP (sharded parameters); use DDP or DeepSpeed ZeRO"
@@ -164,7 +164,7 @@ def unsupported_reason(trainer: Any) -> str | None:
         reason = _deepspeed_reason(trainer)
         if reason is not None:
             return reason
-    elif any(
+    elif moves and any(
         p.requires_grad and p.dtype not in (torch.float32, torch.float64)
         for p in trainer.model.parameters()
     ):
@@ -253,40 +253,65 @@ class StepKLControl:
             self.enabled = False
         self._lrs: list[float] = []
         self._metrics: dict[str, float] = {}
+        self.measured: tuple[float, float] | None = None
 
     def on_step_begin(self, optimizer: Any) -> None:
         """Record the lrs the coming step uses (under DeepSpeed an engine-owned scheduler advances inside it)."""
-        if self.enabled:
+        if self.enabled and self.budget is not None:
             self._lrs = [float(g["lr"]) for g in inner_optimizer(optimizer).param_groups]
 
     def after_optimizer_step(
         self, step: CAPOStep, model: Any, optimizer: Any, reduce: ReduceSum
     ) -> None:
-        """Measure the step's KL and move the parameters to the budget's θ(s) (``model``: the unwrapped policy)."""
+        """Measure the step's KL and move the parameters to the budget's θ(s) (``model``: the unwrapped policy).
+
+        Afterwards :attr:`measured` is the (Σ KL, tokens) of the parameters as they stand when the last thing the
+        control did was a ``lookahead`` measurement (None otherwise): the true-KL diagnostic reuses it.
+        """
+        self.measured = None
         if not self.enabled:
             return
-        line = AppliedStep(optimizer, self._lrs)
         total, n = self._kl_sums(step, model, reduce)
         kl = total / n if n > 0 else float("nan")
         lookaheads = int(self.kl_model == "lookahead")
-        scale = 1.0 if self.budget is None or n == 0 else budget_scale(kl, self.budget, self.s_max)
-        line.move_to(scale)
-        points = [(1.0, kl)]
-        while self.budget is not None and self.backtrack and scale not in (0.0, 1.0):
-            if lookaheads == MAX_LOOKAHEADS:
-                break
-            total, n = self._kl_sums(step, model, reduce)
-            lookaheads += 1
-            points.append((scale, total / n))
-            if total / n <= BUDGET_SLACK * self.budget:
-                break
-            scale = fitted_scale(points, self.budget)
-            line.move_to(scale)
+        if lookaheads:
+            self.measured = (total, n)
+        scale = 1.0
+        if self.budget is not None and n > 0:
+            scale, lookaheads = self._hold(step, model, optimizer, reduce, kl, lookaheads)
         self._metrics = {
             metrics.KL_PREDICTED: kl,
             metrics.KL_SCALE: scale,
             metrics.KL_LOOKAHEADS: float(lookaheads),
         }
+
+    def _hold(
+        self,
+        step: CAPOStep,
+        model: Any,
+        optimizer: Any,
+        reduce: ReduceSum,
+        kl: float,
+        lookaheads: int,
+    ) -> tuple[float, int]:
+        """Move the step to s = budget_scale(KL̂), then backtrack; returns (s, lookahead forwards taken)."""
+        assert self.budget is not None
+        line = AppliedStep(optimizer, self._lrs)
+        scale = budget_scale(kl, self.budget, self.s_max)
+        points = [(1.0, kl)]
+        while scale != line.s:
+            line.move_to(scale)
+            self.measured = None
+            if not self.backtrack or scale == 0.0 or lookaheads == MAX_LOOKAHEADS:
+                break
+            total, n = self._kl_sums(step, model, reduce)
+            lookaheads += 1
+            self.measured = (total, n)
+            points.append((scale, total / n))
+            if total / n <= BUDGET_SLACK * self.budget:
+                break
+            scale = fitted_scale(points, self.budget)
+        return scale, lookaheads
 
     def pop_metrics(self) -> dict[str, float]:
         """{KL_PREDICTED, KL_SCALE, KL_LOOKAHEADS} of the step just taken ({} before the first step)."""

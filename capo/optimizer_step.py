@@ -360,17 +360,25 @@ class CAPOStep:
         autocast: Callable[[], AbstractContextManager[Any]],
         reduce: ReduceSum,
         gathered: Callable[[Any], AbstractContextManager[Any]],
+        measured: tuple[float, float] | None = None,
     ) -> dict[str, float]:
         """Measured mean KL(π_before || π_after) of the step (all ranks) and its head-only part.
 
         ``model`` is the unwrapped policy after the step; ``gathered(model)`` makes its output layer
-        whole for the block (:func:`capo.sharding.gathered_output_layer`).
+        whole for the block (:func:`capo.sharding.gathered_output_layer`). ``measured``: the all-ranks
+        (Σ KL, tokens) already measured at these parameters (the KL control's last lookahead), so the
+        backbone forward is not run again; only the head-only part is computed.
         """
         total = torch.zeros(3, dtype=torch.float64, device=self.device)
         if self.head_before is not None:
             with gathered(model):
-                kl = step_kl_sums(model, self.kl_inputs(), self.head_before, temperature, autocast)
+                kl = step_kl_sums(
+                    model, self.kl_inputs(), self.head_before, temperature, autocast,
+                    full=measured is None,
+                )  # fmt: skip
             total = kl.to(self.device)
         kl_sum, head, n = reduce(total).tolist()
+        if measured is not None:
+            kl_sum, n = measured
         n = n or math.nan  # no token on any rank: nan
         return {metrics.TRUE_KL: kl_sum / n, metrics.TRUE_KL_HEAD: head / n}

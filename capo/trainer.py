@@ -163,7 +163,7 @@ class CAPOTrainer(GRPOTrainer):
             self._capo_kl = StepKLControl(
                 args.capo_kl_budget, args.capo_kl_model, args.capo_kl_backtracks,
                 args.capo_support_size, self.temperature, self.accelerator.autocast,
-                unsupported_reason(self),
+                unsupported_reason(self, moves=args.capo_kl_budget is not None),
                 args.capo_kl_max_scale if args.capo_kl_mode == "target" else 1.0,
             )  # fmt: skip
         self.capo_step = self._capo_new_step()
@@ -348,8 +348,11 @@ class CAPOTrainer(GRPOTrainer):
         if args.capo_log_true_kl:
             model = self.accelerator.unwrap_model(self.model)
             autocast = self.accelerator.autocast
+            measured = None if self._capo_kl is None else self._capo_kl.measured
             logged.update(
-                step.true_kl(model, self.temperature, autocast, reduce, gathered_output_layer)
+                step.true_kl(
+                    model, self.temperature, autocast, reduce, gathered_output_layer, measured
+                )
             )
         for name, value in logged.items():
             self._metrics["train"][name].append(value)

@@ -86,6 +86,7 @@ def step_kl_sums(
     temperature: float,
     autocast: Callable[[], AbstractContextManager[Any]],
     head_only: bool = True,
+    full: bool = True,
 ) -> torch.Tensor:
     """[3] float64 (Σ KL, Σ head-only KL, number of tokens) of π_before -> the policy ``model`` holds now.
 
@@ -100,17 +101,20 @@ def step_kl_sums(
         temperature: the policy temperature τ.
         autocast: context manager factory the training forward runs under (mixed precision).
         head_only: also compute the head-only KL.
+        full: compute the full KL (one backbone forward per micro-batch); False: only the head-only part
+            and the token count (0 in the KL's slot), when the full KL at these parameters is already known.
     """
     backbone = backbone_of(model)
     w_after, b_after = output_layer(model)
     total = torch.zeros(3, dtype=torch.float64, device=w_after.device)
     for input_ids, attention_mask, keep_k, valid, h_before in kl_inputs:
-        with autocast():
-            out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        h_after = completion_hidden(out.last_hidden_state, keep_k)[valid]
-        kl = full_vocab_kl(h_before, *head_before, h_after, w_after, b_after, temperature)
-        total[0] += kl.double().sum()
-        total[2] += kl.numel()
+        total[2] += h_before.shape[0]
+        if full:
+            with autocast():
+                out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            h_after = completion_hidden(out.last_hidden_state, keep_k)[valid]
+            kl = full_vocab_kl(h_before, *head_before, h_after, w_after, b_after, temperature)
+            total[0] += kl.double().sum()
         if head_only:
             head = full_vocab_kl(h_before, *head_before, h_before, w_after, b_after, temperature)
             total[1] += head.double().sum()

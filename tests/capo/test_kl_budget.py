@@ -109,6 +109,8 @@ def test_unsupported_setups_are_refused_in_one_line():
     assert "FSDP" in str(unsupported_reason(fake(is_fsdp_enabled=True)))
     assert "fp16" in str(unsupported_reason(fake(accelerator=SimpleNamespace(scaler=object()))))
     assert "bfloat16" in str(unsupported_reason(fake(model=torch.nn.Linear(2, 2).bfloat16())))
+    bf16 = fake(model=torch.nn.Linear(2, 2).bfloat16())
+    assert unsupported_reason(bf16, moves=False) is None  # measuring alone moves nothing
     assert "adafactor" in str(unsupported_reason(fake(args=args("adafactor"))))
     adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
     assert "Adagrad" in str(unsupported_reason(fake(optimizer=adagrad)))
@@ -252,7 +254,8 @@ def test_the_control_allocates_a_measuring_forward_and_chunks_never_a_parameter_
     tmp_path, monkeypatch
 ):
     """Peak bytes of the budget's work per step (counted op by op): those of one measuring forward (the true-KL
-    diagnostic's, counted the same way) plus a few move chunks, below what a copy of the parameters adds."""
+    diagnostic's, counted the same way, made to run its own forward) plus a few move chunks, below what a copy
+    of the parameters adds."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from allocations import OpCounter
 
@@ -273,10 +276,42 @@ def test_the_control_allocates_a_measuring_forward_and_chunks_never_a_parameter_
         "after_optimizer_step",
         counted("control", StepKLControl.after_optimizer_step),
     )
-    monkeypatch.setattr(CAPOStep, "true_kl", counted("true_kl", CAPOStep.true_kl))
+    true_kl = counted("true_kl", CAPOStep.true_kl)
+    # the yardstick is the diagnostic's own forward, not the control's measurement it would reuse
+    monkeypatch.setattr(CAPOStep, "true_kl", lambda *a, **kw: true_kl(*a[:6]))
     tr = H.trainer(str(tmp_path), capo_log_true_kl=True, **BUDGETED)
     tr.train()
     assert all(h[metrics.KL_SCALE] < 1.0 for h in kl_history(tr))
     param_bytes = sum(p.numel() * p.element_size() for p in tr.model.parameters())
     chunks = 4 * applied_step.CHUNK * 8  # a few float64 [CHUNK] temporaries
     assert peaks["control"] <= peaks["true_kl"] + chunks < peaks["true_kl"] + param_bytes
+
+
+def test_the_true_kl_diagnostic_reuses_the_controls_last_measurement(tmp_path, monkeypatch):
+    """One full-KL forward per step when the control's last act was a measurement at the final parameters:
+    without a budget (the KL of the step) and with a backtracked budget whose check held."""
+    import capo.kl_budget as kb
+    import capo.optimizer_step as ops
+
+    full_forwards = []
+
+    def counting(fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            full_forwards.append(kwargs.get("full", True))
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(kb, "step_kl_sums", counting(kb.step_kl_sums))
+    monkeypatch.setattr(ops, "step_kl_sums", counting(ops.step_kl_sums))
+    for budget in (None, 1e-3):
+        full_forwards.clear()
+        tr = H.trainer(
+            str(tmp_path / str(budget)),
+            capo_log_true_kl=True,
+            **{**BUDGETED, "capo_kl_budget": budget},
+        )
+        tr.train()
+        hist = kl_history(tr)
+        assert all(h[metrics.KL_LOOKAHEADS] < MAX_LOOKAHEADS for h in hist)  # each ended measured
+        assert sum(full_forwards) == sum(h[metrics.KL_LOOKAHEADS] for h in hist)
