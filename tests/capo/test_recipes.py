@@ -21,6 +21,13 @@ AGGRESSIVE = [p for p in PAPER_RECIPES if p.stem != "grpo_conservative"]
 THRESHOLD_KEY = {"capo": "capo", "dr_capo": "dr_capo", "reincapo": "reincapo"}
 
 
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Each dry run resolves the recipes' relative output folders (outputs/...) in a scratch folder: a run the
+    user already made in the checkout (``nox -s demo`` writes outputs/capo-tiny) must not change the verdict."""
+    monkeypatch.chdir(tmp_path)
+
+
 def load(path):
     return yaml.safe_load(path.read_text())
 
