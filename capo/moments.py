@@ -173,6 +173,19 @@ class SparseAdamMoments:
         torch.index_select(self._v, 0, slots, out=v)
         return m, v
 
+    def tables(self, min_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored rows (m, v), each [R, H] in the storage dtype, undecayed: views, not copies.
+
+        For fused readers (:func:`capo.fused_shift.adam_token_directions`) that gather at the slots of
+        :meth:`lookup` themselves. Read only. With fewer than ``min_rows`` rows stored, zero rows are
+        appended (a copy) so that every slot :meth:`lookup` returns is in range.
+        """
+        n = self._count
+        if n >= min_rows:
+            return self._m[:n], self._v[:n]
+        pad = torch.zeros(min_rows - n, self.hidden_size, dtype=self.dtype, device=self.device)
+        return torch.cat([self._m[:n], pad]), torch.cat([self._v[:n], pad])
+
     def _scratch_rows(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         buf = getattr(self, "_scratch", None)
         if buf is None or buf.shape[1] < rows * self.hidden_size or buf.dtype != self.dtype:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+import capo.fused_shift as fused
 from capo.steps import AdamStep, SGDStep, StepModel
 from capo.tokens import TokenBatch
 
@@ -108,23 +109,46 @@ def token_terms(
     return uv, adv * (uv2 - vfv), uv2
 
 
-def _token_level(batch: TokenBatch, step: StepModel, chunk: int, cdt: torch.dtype) -> tuple:
-    """(m_H, m_F, grad_dot) [N] with every token its own subset."""
-    h, ids, a = batch.hidden, batch.support_ids, batch.action_index
-    n, k = batch.num_tokens, batch.support_size
-    p = batch.support_probs.to(cdt)
-    adv = batch.advantages.to(cdt)
-    u = policy_error(p, a)
-    au = adv[:, None] * u  # g_i = A_i u_i ⊗ h_i
-    if isinstance(step, SGDStep):
-        chunk *= k  # closed form: only [C, H] temporaries
-    v = torch.empty(n, k, dtype=cdt, device=h.device)
+def _token_directions(
+    step: StepModel, ids: torch.Tensor, au: torch.Tensor, h: torch.Tensor, chunk: int, kernel: str
+) -> torch.Tensor:
+    """[N, k] v_i of each token's own step: fused (Adam, :mod:`capo.fused_shift`) or chunk by chunk.
+
+    ``h`` [N, H] may be narrower than the compute dtype of ``au``; it is cast per chunk (in the kernel).
+    """
+    if isinstance(step, AdamStep):
+        v = fused.token_directions(step, ids, au, h, kernel)
+        if v is not None:
+            return v
+    else:
+        chunk *= ids.shape[1]  # SGD's closed form: only [C, H] temporaries
+    n = ids.shape[0]
+    v = torch.empty(n, ids.shape[1], dtype=au.dtype, device=h.device)
     for c0 in range(0, n, chunk):
         sl = slice(c0, min(c0 + chunk, n))
-        v[sl] = step.token_directions(ids[sl], au[sl], h[sl].to(cdt))
+        v[sl] = step.token_directions(ids[sl], au[sl], h[sl].to(au.dtype))
+    return v
+
+
+def _token_level(
+    batch: TokenBatch, step: StepModel, chunk: int, cdt: torch.dtype, kernel: str
+) -> tuple:
+    """(m_H, m_F, grad_dot) [N] with every token its own subset."""
+    p = batch.support_probs.to(cdt)
+    adv = batch.advantages.to(cdt)
+    u = policy_error(p, batch.action_index)
+    au = adv[:, None] * u  # g_i = A_i u_i ⊗ h_i
+    v = _token_directions(step, batch.support_ids, au, batch.hidden, chunk, kernel)
     uv, q_h, q_f = token_terms(u, p, v, adv)
     grad_dot = adv * uv
     return grad_dot + 0.5 * q_h, 0.5 * q_f, grad_dot
+
+
+def _gathered_dot(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """[C, k] rows[index_ij] · h_i through one gathered [C, k, H] block (the plain path)."""
+    c, k = index.shape
+    block = torch.index_select(rows, 0, index.reshape(-1)).view(c, k, -1)
+    return block.mul_(hidden[:, None, :]).sum(dim=2)
 
 
 def _subset_level(
@@ -134,6 +158,7 @@ def _subset_level(
     num_subsets: int,
     chunk: int,
     cdt: torch.dtype,
+    kernel: str,
 ) -> tuple:
     """(m_H, m_F, grad_dot, n_tokens) [S] for the partition ``subsets`` [N] of the tokens."""
     h, ids, a = batch.hidden, batch.support_ids, batch.action_index
@@ -176,11 +201,13 @@ def _subset_level(
         delta = step.propose(row_id[r0:r1], grad)
         grad_dot.index_add_(0, row_subset[r0:r1], torch.linalg.vecdot(grad, delta))
         del grad
+        v_all = fused.subset_directions(delta, inv[toks] - r0, h[toks], kernel)
         for c0 in range(0, t1 - t0, chunk):
             tc = toks[c0 : c0 + chunk]
-            rows = torch.index_select(delta, 0, (inv[tc] - r0).reshape(-1))
-            v = rows.view(-1, k, hs).mul_(h[tc].to(cdt)[:, None, :]).sum(dim=2)
-            del rows
+            if v_all is None:
+                v = _gathered_dot(delta, inv[tc] - r0, h[tc].to(cdt))
+            else:
+                v = v_all[c0 : c0 + chunk]
             _, qh, qf = token_terms(u[tc], p[tc], v, adv[tc])
             q_h.index_add_(0, subsets[tc], qh)
             q_f.index_add_(0, subsets[tc], qf)
@@ -234,6 +261,7 @@ def directional_shifts(
     *,
     num_subsets: int | None = None,
     chunk_size: int | None = None,
+    kernel: str = "auto",
 ) -> Shifts:
     """Predicted shifts m_H, m_F (eq 10) of the step each subset of tokens would propose.
 
@@ -244,6 +272,10 @@ def directional_shifts(
             one group, the whole batch, ...); S = max id + 1 unless ``num_subsets`` is given.
         num_subsets: optional S (subsets without tokens get NaN shifts and are rejected).
         chunk_size: tokens per chunk C; default from :data:`DEFAULT_CHUNK_BYTES`.
+        kernel: ``"auto"``, ``"fused"`` or ``"plain"`` (:data:`capo.fused_shift.KERNELS`): the per-token
+            gathers of the Adam token level and of the subset level run as one compiled kernel
+            (:mod:`capo.fused_shift`) or chunk by chunk. ``auto`` is fused on CUDA with Triton and plain
+            elsewhere; the results agree to rounding.
 
     Returns:
         :class:`Shifts` with [S] tensors in the accumulation dtype (float64 for float64 inputs, else
@@ -252,9 +284,11 @@ def directional_shifts(
 
     Raises:
         ValueError: for an unknown step model, a hidden size or vocabulary that does not match the
-            moments, bad ``subsets``, or a non-positive ``chunk_size``.
+            moments, bad ``subsets``, a non-positive ``chunk_size``, an unknown ``kernel`` or
+            ``kernel="fused"`` where it cannot compile.
     """
     _check_inputs(batch, step)
+    fused.check_kernel(kernel, batch.hidden.device)
     n, k, hs = batch.num_tokens, batch.support_size, batch.hidden_size
     dev = batch.hidden.device
     cdt = batch.dtype
@@ -271,7 +305,7 @@ def directional_shifts(
             raise ValueError(
                 f"num_subsets = {num_subsets} needs subsets (token level has S = N = {n})"
             )
-        m_h, m_f, gd = _token_level(sub, step, chunk, cdt)
+        m_h, m_f, gd = _token_level(sub, step, chunk, cdt, kernel)
         n_tok = ok.to(torch.int64)
         if not all_ok:
             full = torch.full((n,), float("nan"), dtype=cdt, device=dev)
@@ -279,5 +313,5 @@ def directional_shifts(
         return Shifts(m_H=m_h, m_F=m_f, grad_dot=gd, n_tokens=n_tok, token_finite=ok)
     subsets, S = _check_subsets(subsets, n, dev, num_subsets)
     sub_ids = subsets if all_ok else subsets[ok]
-    m_h, m_f, gd, n_tok = _subset_level(sub, step, sub_ids, S, chunk, cdt)
+    m_h, m_f, gd, n_tok = _subset_level(sub, step, sub_ids, S, chunk, cdt, kernel)
     return Shifts(m_H=m_h, m_F=m_f, grad_dot=gd, n_tokens=n_tok, token_finite=ok)

@@ -7,6 +7,8 @@ from reference.tolerances import (
     FLOAT32_ADAM_RTOL,
     FLOAT32_ATOL,
     FLOAT32_RTOL,
+    FUSED_FLOAT32_RTOL,
+    FUSED_RTOL,
     MC_TARGET_RTOL,
     PROB_SUM_ATOL,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "FLOAT32_ADAM_RTOL",
     "FLOAT32_ATOL",
     "FLOAT32_RTOL",
+    "FUSED_FLOAT32_RTOL",
+    "FUSED_RTOL",
     "MC_TARGET_RTOL",
     "PROB_SUM_ATOL",
 ]

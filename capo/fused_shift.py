@@ -1,0 +1,308 @@
+"""Fused token-level shifts: each token's k gathered rows read once, no [C, k, H] block (docs/design.md §2).
+
+The plain path (:meth:`capo.AdamStep.token_directions`, the obviously-correct twin) gathers a chunk's moment
+rows into [C, k, H] blocks and runs about ten element-wise passes over them. Here the same formula runs
+inside one compiled kernel per call (torch.compile's inductor: C++/OpenMP on CPU, Triton on CUDA) that reads
+each gathered row once and writes only the [N, k] result. For token i with support S_i, gradient
+coefficients c_i = A_i u_i (eq 7: g_i = c_i ⊗ h_i) and moment rows m, v stored at slots s_ij, last written
+Δt_ij steps ago:
+
+    m'_ij = β1 β1^Δt m[s_ij] + (1 − β1) c_ij h_i,   v'_ij = β2 β2^Δt v[s_ij] + (1 − β2) c_ij² h_i²
+    v_ij  = η √(1 − β2^{t+1}) / (1 − β1^{t+1}) · Σ_H  m'_ij / (√v'_ij + ε √(1 − β2^{t+1})) · h_i
+
+(the paper's Adam step model, Section 4.1, on each token's own gradient; the bias corrections folded into
+ε and one scale exactly as the plain path folds them). The subset level's gather-dot v_ij = Δ[r_ij] · h_i
+(rows of the subsets' proposed steps) is fused the same way.
+
+Each kernel is a torch custom op (``capo::adam_token_directions``, ``capo::gather_dot``), so an outer
+dispatch mode (the projection's op counter) or an outer ``torch.compile`` sees one op. Shapes are dynamic:
+one compilation per dtype combination serves every N, k, H and table size.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from capo.steps import AdamStep
+
+__all__ = [
+    "KERNELS",
+    "SELF_CHECK_RTOL",
+    "adam_token_directions",
+    "check_kernel",
+    "gather_dot",
+    "subset_directions",
+    "token_directions",
+    "use_fused",
+]
+
+KERNELS = ("auto", "fused", "plain")
+"""``kernel`` choices: ``fused`` (compiled), ``plain`` (the eager twin), ``auto`` (fused on CUDA with Triton,
+once it passed its self-check; plain elsewhere: on CPU a compilation costs 5-20 s, more than a small run
+saves)."""
+
+SELF_CHECK_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+"""The first fused call per device and dtypes is compared with the plain path on its first tokens, relative
+to the largest entry (float64 vs float32 compute); a larger difference disables the fused path."""
+
+_SELF_CHECK_TOKENS = 16
+_verified: dict[tuple, bool] = {}
+_compiled: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _adam_token_formula(
+    m_table: torch.Tensor,
+    v_table: torch.Tensor,
+    slots: torch.Tensor,
+    decay1: torch.Tensor,
+    decay2: torch.Tensor,
+    coef1: torch.Tensor,
+    coef2: torch.Tensor,
+    hidden: torch.Tensor,
+    eps: torch.Tensor,
+) -> torch.Tensor:
+    """[N, k] Σ_H m'/(√v' + ε)·h (module docstring); the coefficients already carry β, 1 − β and Δt.
+
+    Computed in the dtype of ``coef1``; the tables and ``hidden`` are cast element by element.
+    """
+    h = hidden[:, None, :].to(coef1.dtype)
+    m = m_table[slots].to(h.dtype) * decay1[:, :, None] + coef1[:, :, None] * h
+    v = v_table[slots].to(h.dtype) * decay2[:, :, None] + coef2[:, :, None] * (h * h)
+    return (m / (v.sqrt() + eps) * h).sum(dim=2)
+
+
+def _gather_dot_formula(
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor
+) -> torch.Tensor:
+    """[N, k] rows[index_ij] · h_i, in the dtype of ``rows`` (``hidden`` cast element by element)."""
+    return (rows[index] * hidden[:, None, :].to(rows.dtype)).sum(dim=2)
+
+
+def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The compiled ``formula`` (built once per process; inductor caches the code on disk)."""
+    if name not in _compiled:
+        _compiled[name] = torch.compile(formula, dynamic=True, fullgraph=True)
+    return _compiled[name]
+
+
+def _small(*sizes: int) -> bool:
+    """Sizes 0 and 1 are specialised by the compiler: such calls run the formula eagerly (it is tiny)."""
+    return min(sizes) < 2
+
+
+@torch.library.custom_op("capo::adam_token_directions", mutates_args=())
+def _adam_op(
+    m_table: torch.Tensor,
+    v_table: torch.Tensor,
+    slots: torch.Tensor,
+    decay1: torch.Tensor,
+    decay2: torch.Tensor,
+    coef1: torch.Tensor,
+    coef2: torch.Tensor,
+    hidden: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    eps_t = torch.tensor(eps, dtype=coef1.dtype, device=hidden.device)
+    args = (m_table, v_table, slots, decay1, decay2, coef1, coef2, hidden, eps_t)
+    n, k = slots.shape
+    if _small(n, k, hidden.shape[1], m_table.shape[0]):
+        return _adam_token_formula(*args)
+    return _kernel("adam", _adam_token_formula)(*args)
+
+
+@_adam_op.register_fake
+def _(m_table, v_table, slots, decay1, decay2, coef1, coef2, hidden, eps):
+    return coef1.new_empty(slots.shape)
+
+
+@torch.library.custom_op("capo::gather_dot", mutates_args=())
+def _gather_dot_op(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    n, k = index.shape
+    if _small(n, k, hidden.shape[1], rows.shape[0]):
+        return _gather_dot_formula(rows, index, hidden)
+    return _kernel("gather_dot", _gather_dot_formula)(rows, index, hidden)
+
+
+@_gather_dot_op.register_fake
+def _(rows, index, hidden):
+    return rows.new_empty(index.shape)
+
+
+def adam_token_directions(
+    step: AdamStep, ids: torch.Tensor, coef: torch.Tensor, hidden: torch.Tensor
+) -> torch.Tensor:
+    """v_i = Δ_i[S_i] h_i of each token's own Adam step, [N, k], in one fused pass (module docstring).
+
+    The fused twin of :meth:`capo.AdamStep.token_directions` (same arguments, equal up to rounding).
+
+    Args:
+        step: the :class:`capo.AdamStep` (its moments are only read; they must be on ``hidden``'s device).
+        ids: [N, k] support ids, already checked to lie in [0, V).
+        coef: [N, k] gradient coefficients A_i u_i.
+        hidden: [N, H] hidden states (any float dtype; the result has ``coef``'s dtype).
+    """
+    mom = step.moments
+    b1, b2 = mom.betas
+    t1 = mom.t + 1
+    sq_bc2 = math.sqrt(1.0 - b2**t1)
+    dt = coef.dtype
+    n, k = ids.shape
+    slots, d1, d2 = mom.lookup(ids.reshape(-1), check=False)
+    m_table, v_table = mom.tables(min_rows=2)
+    out = torch.ops.capo.adam_token_directions(
+        m_table,
+        v_table,
+        slots.view(n, k),
+        (d1 * b1).to(dt).view(n, k),
+        (d2 * b2).to(dt).view(n, k),
+        coef * (1.0 - b1),
+        coef.square() * (1.0 - b2),
+        hidden,
+        mom.eps * sq_bc2,
+    )
+    return out.mul_(step.lr * sq_bc2 / (1.0 - b1**t1))
+
+
+def gather_dot(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """[N, k] v_ij = rows[index_ij] · hidden_i without the [N, k, H] gathered block.
+
+    Args:
+        rows: [R, H] rows (a subset's proposed step Δ).
+        index: [N, k] int64 row of each (token, support entry), in [0, R).
+        hidden: [N, H] hidden states (cast to ``rows``' dtype element by element).
+    """
+    return torch.ops.capo.gather_dot(rows, index, hidden)
+
+
+def _unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build the fused kernels for ``device``, or None."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as err:  # any failure means: no compiler
+            return f"no C++ compiler for torch.compile ({type(err).__name__})"
+        return None
+    return f"torch.compile's inductor does not target {device.type}"
+
+
+def check_kernel(kernel: str, device: torch.device | None = None) -> str:
+    """``kernel`` validated (ValueError naming it); with ``device``, a ``fused`` request it cannot honour."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    if kernel == "fused" and device is not None:
+        reason = _unavailable(device)
+        if reason is not None:
+            raise ValueError(f"kernel='fused' is unavailable on {device.type}: {reason}")
+    return kernel
+
+
+def use_fused(kernel: str, device: torch.device) -> bool:
+    """Whether ``kernel`` (:data:`KERNELS`) runs fused on ``device``; ``auto`` says once why it cannot."""
+    check_kernel(kernel, device)
+    if kernel == "plain" or (kernel == "auto" and device.type != "cuda"):
+        return False
+    reason = _unavailable(device)
+    if reason is not None:
+        _warn_once(
+            f"CAPO shifts: the fused kernel is unavailable on {device.type} ({reason}); plain path"
+        )
+        return False
+    return True
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+_warned: set[str] = set()
+
+
+def _self_check(kernel: str, key: tuple, got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether a first fused result matches the plain path's (:data:`SELF_CHECK_RTOL`)."""
+    scale = float(want.abs().max())
+    err = float((got.double() - want.double()).abs().max())
+    rtol = SELF_CHECK_RTOL[torch.float64 if want.dtype == torch.float64 else torch.float32]
+    if err <= rtol * max(scale, 1e-300):
+        return True
+    message = (
+        f"CAPO fused kernel {key[0]} on {key[1]} ({want.dtype}) differs from the plain path by "
+        f"{err:.1e} (largest entry {scale:.1e})"
+    )
+    if kernel == "fused":
+        raise RuntimeError(message)
+    _warn_once(message + "; using the plain path")
+    return False
+
+
+def _checked(
+    kernel: str,
+    key: tuple,
+    n: int,
+    fused: Callable[[slice], torch.Tensor],
+    plain: Callable[[slice], torch.Tensor],
+) -> torch.Tensor | None:
+    """``fused`` on all n tokens, or None where its first call per ``key`` disagreed with ``plain``.
+
+    The first call per key (op, device, dtypes) with at least 2 tokens also runs both on its first tokens
+    and compares (:data:`SELF_CHECK_RTOL`): a mismatch under ``auto`` warns and keeps the plain path for
+    the process; under ``fused`` it raises RuntimeError.
+    """
+    if key not in _verified and n >= 2:
+        first = slice(0, _SELF_CHECK_TOKENS)
+        _verified[key] = _self_check(kernel, key, fused(first), plain(first))
+    if not _verified.get(key, True):
+        return None
+    return fused(slice(None))
+
+
+def token_directions(
+    step: AdamStep, ids: torch.Tensor, coef: torch.Tensor, hidden: torch.Tensor, kernel: str
+) -> torch.Tensor | None:
+    """[N, k] fused v_i of an Adam step if ``kernel`` selects the fused path here (and it checked), else None.
+
+    Raises:
+        ValueError: ``kernel='fused'`` with the moments on another device than the hidden states.
+    """
+    mom = step.moments
+    if not use_fused(kernel, hidden.device):
+        return None
+    if mom.device != hidden.device:
+        if kernel == "fused":
+            raise ValueError(
+                f"kernel='fused' needs the moments on {hidden.device}, they are on {mom.device}"
+            )
+        return None
+    return _checked(
+        kernel,
+        ("adam_token_directions", hidden.device.type, coef.dtype, mom.dtype),
+        ids.shape[0],
+        lambda sl: adam_token_directions(step, ids[sl], coef[sl], hidden[sl]),
+        lambda sl: step.token_directions(ids[sl], coef[sl], hidden[sl].to(coef.dtype)),
+    )
+
+
+def subset_directions(
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, kernel: str
+) -> torch.Tensor | None:
+    """[N, k] fused gather-dot rows[index_ij] · h_i if ``kernel`` selects the fused path here, else None."""
+    if not use_fused(kernel, hidden.device):
+        return None
+    return _checked(
+        kernel,
+        ("gather_dot", hidden.device.type, rows.dtype, rows.dtype),
+        index.shape[0],
+        lambda sl: gather_dot(rows, index[sl], hidden[sl]),
+        lambda sl: _gather_dot_formula(rows, index[sl], hidden[sl]),
+    )
