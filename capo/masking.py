@@ -26,7 +26,7 @@ import torch
 from capo.selection import Thresholds, acceptance
 from capo.shifts import Shifts, directional_shifts
 from capo.steps import StepModel
-from capo.support import support_from_hidden
+from capo.support import Support, support_from_hidden
 from capo.tokens import TokenBatch
 
 __all__ = ["MicroBatchSelection", "accept_micro_batch", "loss_coefficients", "subset_ids"]
@@ -104,8 +104,8 @@ def accept_micro_batch(
     valid: torch.Tensor,
     advantages: torch.Tensor,
     *,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     support_size: int,
     temperature: float,
     step: StepModel,
@@ -113,6 +113,7 @@ def accept_micro_batch(
     granularity: str,
     group_ids: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    support: Support | None = None,
 ) -> MicroBatchSelection:
     """Run the acceptance test (eq 11) on the valid tokens of one micro-batch.
 
@@ -122,27 +123,31 @@ def accept_micro_batch(
         completion_ids: [B, T] int64 sampled token ids.
         valid: [B, T] bool, tokens that enter the loss (completion mask, tool mask).
         advantages: [B, T] float, the coefficient A_i the variant's loss gives each token.
-        weight: [V, H] output-layer weight.
+        weight: [V, H] output-layer weight (needed without ``support``).
         bias: [V] output-layer bias or None.
-        support_size: k.
+        support_size: k (of the support computed here).
         temperature: the policy's sampling temperature (the support is top-k of logits / τ).
         step: the step model (η = the scheduled learning rate of the current step).
         thresholds: the acceptance bounds.
         granularity: "token", "completion", "group" or "batch" (subsets local to the micro-batch).
         group_ids: [B] prompt-group ids (for "group").
         chunk_size: tokens per chunk for the support and the shifts (None = memory-budget default).
+        support: the N valid tokens' support ([N, k], row-major order of ``valid``) if already known,
+            e.g. from the policy forward (:mod:`capo.forward_support`); None: computed here from
+            ``hidden``, ``weight`` and ``bias`` (:func:`capo.support.support_from_hidden`).
 
     Returns:
         :class:`MicroBatchSelection`.
+
+    Raises:
+        ValueError: without ``support`` and ``weight``, or on a ``support`` of another N.
     """
     with torch.no_grad():
         valid = valid.bool()
         h = hidden[valid]
         sampled = completion_ids[valid].to(torch.int64)
         adv = advantages[valid].to(h.dtype if h.dtype == torch.float64 else torch.float32)
-        sup = support_from_hidden(
-            h, weight, sampled, support_size, temperature, bias=bias, chunk_size=chunk_size
-        )
+        sup = _support(h, sampled, support, weight, bias, support_size, temperature, chunk_size)
         batch = sup.token_batch(h, adv)
         subsets = subset_ids(granularity, valid, group_ids)
         n = batch.num_tokens
@@ -151,6 +156,29 @@ def accept_micro_batch(
             batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
         )
     return _selection(valid, batch, shifts, subsets, thresholds, sup.sampled_logprob)
+
+
+def _support(
+    hidden: torch.Tensor,
+    sampled: torch.Tensor,
+    support: Support | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    k: int,
+    temperature: float,
+    chunk_size: int | None,
+) -> Support:
+    """The given support of the N tokens of [N, H] ``hidden`` (checked), or one recomputed from the head."""
+    n = hidden.shape[0]
+    if support is not None:
+        if support.support_ids.shape[0] != n:
+            raise ValueError(
+                f"support has {support.support_ids.shape[0]} tokens, valid has N = {n}"
+            )
+        return support
+    if weight is None:
+        raise ValueError("accept_micro_batch needs the output-layer weight or a support")
+    return support_from_hidden(hidden, weight, sampled, k, temperature, bias, chunk_size)
 
 
 def _selection(

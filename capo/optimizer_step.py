@@ -36,7 +36,7 @@ from capo.moments_sync import (
 )
 from capo.step_record import COUNTS, DEVICE_COUNTS, HOST_COUNTS, shift_stats
 from capo.steps import StepModel
-from capo.support import support_from_hidden
+from capo.support import Support, support_from_hidden
 from capo.tokens import TokenBatch
 from capo.true_kl import KLInput, step_kl_sums
 
@@ -206,6 +206,7 @@ class CAPOStep:
         kept: torch.Tensor | None = None,
         hidden: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        support: Support | None = None,
     ) -> None:
         """File one micro-batch (module docstring).
 
@@ -218,11 +219,13 @@ class CAPOStep:
             hidden: [N, H] hidden states of the valid tokens, needed only without ``selection`` (which
                 holds them).
             chunk_size: tokens per chunk of the gradient rows.
+            support: the valid tokens' support without ``selection`` (the forward's), or None.
         """
         if self.keep_hidden and self.head_before is None:
             w, b = head
             self.head_before = (w.clone(), None if b is None else b.clone())
-        accepted = support = None
+        accepted = None
+        kept_support = None if support is None else (support.support_ids, support.support_probs)
         if selection is not None:
             assert applied is not None
             batch = selection.batch
@@ -233,11 +236,11 @@ class CAPOStep:
             self.grad_part = merge_rows(parts, self.hidden_size, self.dtype, self.device)
             if self.keep_accepted:
                 accepted = batch.select_tokens(applied)
-            hidden, support = batch.hidden, (batch.support_ids, batch.support_probs)
+            hidden, kept_support = batch.hidden, (batch.support_ids, batch.support_probs)
         if not self.keep_hidden:
-            hidden = support = None
+            hidden = kept_support = None
         if hidden is not None or accepted is not None:
-            self.store.append(StepTokens(micro_batch, hidden, support, accepted))
+            self.store.append(StepTokens(micro_batch, hidden, kept_support, accepted))
 
     def _count(
         self, sel: MicroBatchSelection, applied: torch.Tensor, kept: torch.Tensor | None
@@ -270,7 +273,8 @@ class CAPOStep:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(hidden [N, H], support ids [N, k], probs [N, k]) of each stored micro-batch, head before the step.
 
-        The acceptance test's support when it ran; otherwise computed here, once per step (cached).
+        The acceptance test's or the policy forward's support (:mod:`capo.forward_support`); otherwise
+        computed here, once per step (cached).
         """
         assert self.head_before is not None
         weight, bias = self.head_before

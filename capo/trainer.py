@@ -5,8 +5,8 @@ Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden metho
 - ``_get_per_token_logps_and_entropies``: during the training forward only (the micro-batch scope
   ``_compute_loss`` opens), a forward hook on the backbone captures ``last_hidden_state`` of the one policy
   forward TRL already runs (its fused LM head returns no hidden states, see
-  :mod:`capo.hidden_capture`); the support, shifts and acceptance mask are computed from it under
-  no_grad, :meth:`CAPOTrainer.token_mask` (the public seam) may replace the mask, the step
+  :mod:`capo.hidden_capture`) and the top-k support is folded from its own logit tiles
+  (:mod:`capo.forward_support`: no second LM head); the shifts and acceptance mask follow under no_grad, :meth:`CAPOTrainer.token_mask` (the public seam) may replace the mask, the step
   (:class:`capo.optimizer_step.CAPOStep`) files the micro-batch, and the log-probabilities are returned as ``logp.detach() + c ⊙ (logp − logp.detach())``.
   Values are unchanged, gradients are exactly those of the masked loss (:mod:`capo.masking`). This
   is the one place where both the hidden states and the differentiable log-probabilities exist, so
@@ -44,6 +44,7 @@ from trl import GRPOTrainer
 from capo import metrics
 from capo.checkpoint import load_capo_state, save_capo_state
 from capo.config import CAPOConfig
+from capo.forward_support import ForwardSupport
 from capo.hidden_capture import (
     capture_hidden,
     check_plain_output_layer,
@@ -57,6 +58,7 @@ from capo.optimizer_step import CAPOStep, MicroBatch, applied_mask
 from capo.output_layer_check import check_output_layer_training
 from capo.sharding import gathered_output_layer, output_layer_shape
 from capo.steps import AdamStep, SGDStep, StepModel
+from capo.support import Support
 
 __all__ = ["CAPOTrainer"]
 
@@ -167,6 +169,10 @@ class CAPOTrainer(GRPOTrainer):
                 args.capo_kl_max_scale if args.capo_kl_mode == "target" else 1.0,
             )  # fmt: skip
         self.capo_step = self._capo_new_step()
+        supports = active or (args.capo_predicts_step_kl and args.capo_kl_model == "last_layer")
+        self._capo_support = ForwardSupport(
+            vocab, args.capo_support_size, self.temperature, self._capo_shape[2], supports
+        )  # the support of each token, from the training forward's own logit tiles
         self.add_callback(
             _StepBoundary(self._capo_step_begin, self._capo_after_optimizer, self._capo_step_end)
         )
@@ -227,21 +233,23 @@ class CAPOTrainer(GRPOTrainer):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        with capture_hidden(self.accelerator.unwrap_model(model)) as cap:
+        valid = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            valid = valid & inputs["tool_mask"].bool()
+        tiles = self._capo_support.capture(input_ids, attention_mask, logits_to_keep, valid)
+        with capture_hidden(self.accelerator.unwrap_model(model)) as cap, tiles as folded:
             logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
         hidden = completion_hidden(cap.hidden, logits_to_keep)
-        valid = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            valid = valid & inputs["tool_mask"].bool()
+        support = self._capo_support.result(folded, logps)
         micro_batch = MicroBatch(
             input_ids[:, -int(logits_to_keep) :], valid, inputs["advantages"],
             inputs.get("capo_group_ids"), inputs.get("capo_completion_index"), self._capo_lr(),
             input_ids, attention_mask,
         )  # fmt: skip
         with gathered_output_layer(self.accelerator.unwrap_model(model)):  # ZeRO-3: whole lm_head
-            keep = self._capo_micro_batch(model, hidden, micro_batch)
+            keep = self._capo_micro_batch(model, hidden, micro_batch, support)
         if keep is not None:
             per_completion_mean = self.args.capo_variant != "dr_grpo"
             c = loss_coefficients(keep, valid, per_completion_mean, logps.dtype)
@@ -265,12 +273,15 @@ class CAPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _capo_micro_batch(
-        self, model: Any, hidden: torch.Tensor, mb: MicroBatch
+        self, model: Any, hidden: torch.Tensor, mb: MicroBatch, support: Support | None = None
     ) -> torch.Tensor | None:
-        """Acceptance test, the seam, the step's record of one micro-batch; the keep mask or None."""
+        """Acceptance test, the seam, the step's record of one micro-batch; the keep mask or None.
+
+        ``support``: the valid tokens' support from the forward (None: recomputed from ``hidden``).
+        """
         args, head = self.args, output_layer(self.accelerator.unwrap_model(model))
         if not args.capo_curvature_model:
-            self.capo_step.add(mb, head, hidden=hidden[mb.completion_mask])
+            self.capo_step.add(mb, head, hidden=hidden[mb.completion_mask], support=support)
             return None
         sel = accept_micro_batch(
             hidden,
@@ -286,6 +297,7 @@ class CAPOTrainer(GRPOTrainer):
             granularity=args.capo_granularity,
             group_ids=mb.group_ids,
             chunk_size=args.capo_chunk_size,
+            support=support,
         )
         keep, applied, kept = applied_mask(sel, self.token_mask(sel, mb), args.capo_enabled)
         self.capo_step.add(mb, head, sel, applied, kept, chunk_size=args.capo_chunk_size)

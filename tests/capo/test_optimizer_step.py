@@ -2,7 +2,8 @@
 
 The step's moments update, global shifts and counts equal those computed directly on the union of the
 micro-batches' applied tokens (:func:`capo.last_layer_gradient`, :func:`capo.directional_shifts` with the
-whole accepted set as one subset); and in a real training step each token's support is computed once.
+whole accepted set as one subset); and in a real training step each token's support is taken once, from the
+policy forward's logit tiles (:mod:`capo.forward_support`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import capo
 import capo.support
 from capo import metrics
+from capo.forward_support import TileSupport
 from capo.masking import accept_micro_batch
 from capo.optimizer_step import CAPOStep, MicroBatch, applied_mask
 from tests.capo import _golden
@@ -86,18 +88,25 @@ def test_finish_equals_the_direct_computation_on_the_applied_tokens():
 
 
 def test_each_token_support_is_computed_once_per_step(tmp_path, monkeypatch):
-    """CAPO + last_layer KL prediction + true-KL + global shifts: support rows == valid tokens."""
-    rows = []
-    original = capo.support._chunk_support
+    """CAPO + last_layer KL prediction + true-KL + global shifts: the policy forward's supports cover the
+    valid tokens once (support rows == valid tokens), and no support is recomputed from the logits."""
+    rows, recomputed = [], []
+    original, original_chunk = TileSupport.support, capo.support._chunk_support
 
-    def counting(logits, *args, **kwargs):
-        rows.append(logits.shape[0])
-        return original(logits, *args, **kwargs)
+    def counting(self, logps):
+        support = original(self, logps)
+        rows.append(support.support_ids.shape[0])
+        return support
 
-    monkeypatch.setattr(capo.support, "_chunk_support", counting)
+    def counting_chunk(logits, *args, **kwargs):
+        recomputed.append(logits.shape[0])
+        return original_chunk(logits, *args, **kwargs)
+
+    monkeypatch.setattr(TileSupport, "support", counting)
+    monkeypatch.setattr(capo.support, "_chunk_support", counting_chunk)
     trainer = H.trainer(str(tmp_path), **{**_golden.RUNS["capo_adam"], "max_steps": 1})
     trainer.capo_record = []
     trainer.train()
     valid_tokens = sum(int(r["valid"].sum()) for r in trainer.capo_record)
     assert valid_tokens > 0
-    assert sum(rows) / valid_tokens == 1.0
+    assert sum(rows) / valid_tokens == 1.0 and not recomputed
