@@ -9,7 +9,11 @@ One command, one H100/H200, a few minutes (README "Checking on a GPU"):
    micro-batches of 8,192, k = 50, H = 3584, V = 152,064, bf16): median time and peak extra memory
    against the goal (50 ms, 512 MiB), with U (rows the gradient touches) at the worst case (V) and at
    V / 4 rows, and at the worst case with ``capo_chunk_size`` 128 (fewer, larger kernels).
-3. ``training``: two timed training steps (after one warm-up step) of a randomly initialised Qwen2
+3. ``fused_shift``: the token-level Adam shift of one paper-shape micro-batch (N = 8,192, k = 50,
+   H = 3584, moments on V / 2 rows) with the fused kernel (:mod:`capo.fused_shift`, Triton on CUDA)
+   and the plain path: median times, peak extra memory, fused vs plain, and both against float64 on
+   the CPU on the first tokens.
+4. ``training``: two timed training steps (after one warm-up step) of a randomly initialised Qwen2
    model of the 0.5B shape with the real vocabulary (151,936), CAPO on vs off: step time, overhead %,
    peak memory (:mod:`gpu_train_check`; needs trl and its dependencies, see the README).
 
@@ -52,7 +56,9 @@ DRY = {"n_total": 512, "micro_batches": 2, "k": 8, "hidden": 64, "vocab": 4096}
 AGREEMENT = {"n": 2048, "k": 50, "hidden": 256, "vocab": 8192}
 AGREEMENT_DRY = {"n": 256, "k": 8, "hidden": 32, "vocab": 512}
 GOAL_SECONDS, GOAL_BYTES = 0.050, 512 * 2**20
-SECTIONS = ("agreement", "paper_step", "training")
+SECTIONS = ("agreement", "paper_step", "fused_shift", "training")
+FUSED = {"n": 8192, "k": 50, "hidden": 3584, "vocab": 152_064, "ref_tokens": 256}
+FUSED_DRY = {"n": 512, "k": 8, "hidden": 64, "vocab": 4096, "ref_tokens": 64}
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -183,6 +189,57 @@ def paper_step(
     return out
 
 
+def _shift_inputs(
+    device: torch.device, n: int, k: int, hidden: int, vocab: int
+) -> tuple[capo.TokenBatch, capo.SparseAdamMoments]:
+    """A float32 token batch (bf16-rounded hidden states) and moments after two updates of V / 2 rows."""
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(n, hidden, generator=g, device=device).to(torch.bfloat16).float()
+    offsets = torch.randperm(vocab, generator=g, device=device)[:k]  # distinct ids within a row
+    ids = (torch.randint(0, vocab, (n, 1), generator=g, device=device) + offsets) % vocab
+    probs = torch.softmax(2 * torch.randn(n, k, generator=g, device=device), dim=1)
+    batch = capo.TokenBatch(hidden=h, support_ids=ids, support_probs=probs,
+                            action_index=torch.randint(0, k, (n,), generator=g, device=device),
+                            advantages=torch.randn(n, generator=g, device=device))  # fmt: skip
+    moments = capo.SparseAdamMoments(vocab, hidden, device=device)
+    for _ in range(2):
+        rows = torch.randperm(vocab, generator=g, device=device)[: vocab // 2].sort().values
+        moments.update(rows, 1e-2 * torch.randn(rows.numel(), hidden, generator=g, device=device))
+    return batch, moments
+
+
+def fused_shift(device: torch.device, shape: dict[str, int], reps: int) -> dict[str, Any]:
+    """Section 3 (module docstring): the fused token-level Adam shift against the plain path."""
+    batch, moments = _shift_inputs(device, shape["n"], shape["k"], shape["hidden"], shape["vocab"])
+    step = capo.AdamStep(1e-3, moments)
+    runs = {kernel: functools.partial(capo.directional_shifts, batch, step, kernel=kernel)
+            for kernel in ("fused", "plain")}  # fmt: skip
+    out: dict[str, Any] = {"shape": shape, "first_fused_call_s": _timed_step(device, runs["fused"])}
+    times: dict[str, list[float]] = {kernel: [] for kernel in runs}
+    for _ in range(reps):
+        for kernel, run in runs.items():
+            times[kernel].append(_timed_step(device, run))
+    fused, plain = runs["fused"](), runs["plain"]()
+    r = shape["ref_tokens"]
+    cpu = capo.SparseAdamMoments(shape["vocab"], shape["hidden"], dtype=torch.float64)
+    cpu.load_state_dict(moments.state_dict())
+    ref_batch = capo.TokenBatch(
+        hidden=batch.hidden[:r].double().cpu(), support_ids=batch.support_ids[:r].cpu(),
+        support_probs=batch.support_probs[:r].double().cpu(),
+        action_index=batch.action_index[:r].cpu(), advantages=batch.advantages[:r].double().cpu(),
+    )  # fmt: skip
+    ref = capo.directional_shifts(ref_batch, capo.AdamStep(1e-3, cpu), kernel="plain")
+    for kernel, got in (("fused", fused), ("plain", plain)):
+        out[kernel] = {
+            "median_s": statistics.median(times[kernel]), "all_s": times[kernel],
+            "peak_extra_bytes": _peak_extra(device, runs[kernel]),
+            "max_rel_err_vs_float64": max(rel_err(got.m_H[:r], ref.m_H), rel_err(got.m_F[:r], ref.m_F)),
+        }  # fmt: skip
+    out["fused_vs_plain"] = max(rel_err(fused.m_H, plain.m_H), rel_err(fused.m_F, plain.m_F))
+    out["speedup"] = out["plain"]["median_s"] / out["fused"]["median_s"]
+    return out
+
+
 def _section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
     """Run one section; record its result, or its error (the other sections still run)."""
     t0 = time.perf_counter()
@@ -236,6 +293,13 @@ def summary(results: dict[str, Any]) -> str:
             lines.append(f"- **{name}** ({value['tokens']} tokens, {value['rows_touched']} rows): "
                          f"{1e3 * value['step_s_median']:.1f} ms, peak extra "
                          f"{value['peak_extra_bytes'] / 2**20:.0f} MiB; goal met: {value['meets_goal']}")  # fmt: skip
+        elif name == "fused_shift":
+            lines.append(f"- **fused_shift** ({value['shape']['n']} tokens, k {value['shape']['k']}, H "
+                         f"{value['shape']['hidden']}): fused {1e3 * value['fused']['median_s']:.1f} ms vs "
+                         f"plain {1e3 * value['plain']['median_s']:.1f} ms ({value['speedup']:.1f}x); "
+                         f"fused vs plain {value['fused_vs_plain']:.1e}, vs float64 "
+                         f"{value['fused']['max_rel_err_vs_float64']:.1e}; first call "
+                         f"{value['first_fused_call_s']:.1f} s")  # fmt: skip
         elif name == "training":
             lines.append(f"- **training** CAPO off {value['capo_off']['step_s_median']:.2f} s/step, on "
                          f"{value['capo_on']['step_s_median']:.2f} s/step: overhead "
@@ -267,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             run = functools.partial(paper_step, device, shape, pool, reps, chunk)
             _section(results, f"paper_step_U{pool}_chunk{chunk}", run)
+    if "fused_shift" not in args.skip:
+        small = FUSED_DRY if args.dry_run else FUSED
+        _section(results, "fused_shift", lambda: fused_shift(device, small, reps))
     if "training" not in args.skip:
         from gpu_train_check import training_overhead
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -35,7 +36,7 @@ __all__ = [
     "adam_token_directions",
     "check_kernel",
     "gather_dot",
-    "subset_directions",
+    "row_dots",
     "token_directions",
     "use_fused",
 ]
@@ -76,10 +77,10 @@ def _adam_token_formula(
 
 
 def _gather_dot_formula(
-    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor
 ) -> torch.Tensor:
-    """[N, k] rows[index_ij] · h_i, in the dtype of ``rows`` (``hidden`` cast element by element)."""
-    return (rows[index] * hidden[:, None, :].to(rows.dtype)).sum(dim=2)
+    """[T, k] rows[index_ij] · hidden[tokens_i], in the dtype of ``rows`` (``hidden`` cast element-wise)."""
+    return (rows[index] * hidden[tokens][:, None, :].to(rows.dtype)).sum(dim=2)
 
 
 def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -120,15 +121,17 @@ def _(m_table, v_table, slots, decay1, decay2, coef1, coef2, hidden, eps):
 
 
 @torch.library.custom_op("capo::gather_dot", mutates_args=())
-def _gather_dot_op(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+def _gather_dot_op(
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
     n, k = index.shape
-    if _small(n, k, hidden.shape[1], rows.shape[0]):
-        return _gather_dot_formula(rows, index, hidden)
-    return _kernel("gather_dot", _gather_dot_formula)(rows, index, hidden)
+    if _small(n, k, hidden.shape[1], rows.shape[0], hidden.shape[0]):
+        return _gather_dot_formula(rows, index, hidden, tokens)
+    return _kernel("gather_dot", _gather_dot_formula)(rows, index, hidden, tokens)
 
 
 @_gather_dot_op.register_fake
-def _(rows, index, hidden):
+def _(rows, index, hidden, tokens):
     return rows.new_empty(index.shape)
 
 
@@ -167,15 +170,31 @@ def adam_token_directions(
     return out.mul_(step.lr * sq_bc2 / (1.0 - b1**t1))
 
 
-def gather_dot(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """[N, k] v_ij = rows[index_ij] · hidden_i without the [N, k, H] gathered block.
+def gather_dot(
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """[T, k] v_ij = rows[index_ij] · hidden[tokens_i] in one fused pass, without the [T, k, H] block.
 
     Args:
-        rows: [R, H] rows (a subset's proposed step Δ).
-        index: [N, k] int64 row of each (token, support entry), in [0, R).
+        rows: [R, H] rows (a proposed step Δ on the rows of a subset or of the step's union).
+        index: [T, k] int64 row of each (token, support entry), in [0, R).
         hidden: [N, H] hidden states (cast to ``rows``' dtype element by element).
+        tokens: [T] int64 rows of ``hidden`` the T tokens are.
     """
-    return torch.ops.capo.gather_dot(rows, index, hidden)
+    return torch.ops.capo.gather_dot(rows, index, hidden, tokens)
+
+
+def _plain_row_dots(
+    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """:func:`gather_dot` through one gathered [C, k, H] block per chunk of C tokens (the plain twin)."""
+    t, k = index.shape
+    out = torch.empty(t, k, dtype=rows.dtype, device=rows.device)
+    for c0 in range(0, t, chunk):
+        sl = slice(c0, c0 + chunk)
+        block = torch.index_select(rows, 0, index[sl].reshape(-1)).view(-1, k, rows.shape[1])
+        out[sl] = block.mul_(hidden[tokens[sl]].to(rows.dtype)[:, None, :]).sum(dim=2)
+    return out
 
 
 def _unavailable(device: torch.device) -> str | None:
@@ -293,16 +312,28 @@ def token_directions(
     )
 
 
-def subset_directions(
-    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, kernel: str
-) -> torch.Tensor | None:
-    """[N, k] fused gather-dot rows[index_ij] · h_i if ``kernel`` selects the fused path here, else None."""
-    if not use_fused(kernel, hidden.device):
-        return None
-    return _checked(
-        kernel,
-        ("gather_dot", hidden.device.type, rows.dtype, rows.dtype),
-        index.shape[0],
-        lambda sl: gather_dot(rows, index[sl], hidden[sl]),
-        lambda sl: _gather_dot_formula(rows, index[sl], hidden[sl]),
-    )
+def row_dots(
+    rows: torch.Tensor,
+    index: torch.Tensor,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    kernel: str,
+    chunk: int,
+) -> torch.Tensor:
+    """[T, k] v_ij = rows[index_ij] · hidden[tokens_i]: fused if ``kernel`` selects it here, else in chunks.
+
+    The subset level's and the global shift's v_i = Δ[S_i] h_i, with Δ given on R rows (arguments as
+    :func:`gather_dot`; ``chunk`` tokens per gathered block on the plain path).
+    """
+    plain = partial(_plain_row_dots, chunk=max(1, chunk))
+    if use_fused(kernel, hidden.device):
+        fused = _checked(
+            kernel,
+            ("gather_dot", hidden.device.type, rows.dtype, hidden.dtype),
+            index.shape[0],
+            lambda sl: gather_dot(rows, index[sl], hidden, tokens[sl]),
+            lambda sl: plain(rows, index[sl], hidden, tokens[sl]),
+        )
+        if fused is not None:
+            return fused
+    return plain(rows, index, hidden, tokens)

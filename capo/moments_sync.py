@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from capo.fused_shift import row_dots
 from capo.shifts import policy_error, token_terms
 from capo.steps import StepModel
 from capo.tokens import TokenBatch
@@ -71,23 +72,19 @@ def allreduce_sparse_rows(
 
 
 def _quadratic_terms(
-    batch: TokenBatch, union: torch.Tensor, delta: torch.Tensor, chunk: int
+    batch: TokenBatch, union: torch.Tensor, delta: torch.Tensor, chunk: int, kernel: str
 ) -> torch.Tensor:
     """[2]: Σ_i A_i[(u_iᵀv_i)² − v_iᵀF_iv_i] and Σ_i (u_iᵀv_i)² with v_i = Δ[S_i] h_i (eqs 58, 63)."""
     cdt = delta.dtype
-    out = torch.zeros(2, dtype=cdt, device=delta.device)
-    k, hs = batch.support_size, batch.hidden_size
-    for c0 in range(0, batch.num_tokens, chunk):
-        sl = slice(c0, c0 + chunk)
-        p = batch.support_probs[sl].to(cdt)
-        pos = torch.searchsorted(union, batch.support_ids[sl])
-        rows = torch.index_select(delta, 0, pos.reshape(-1)).view(-1, k, hs)
-        v = rows.mul_(batch.hidden[sl].to(cdt)[:, None, :]).sum(dim=2)
-        adv = batch.advantages[sl].to(cdt)
-        _, q_h, q_f = token_terms(policy_error(p, batch.action_index[sl]), p, v, adv)
-        out[0] += q_h.sum()
-        out[1] += q_f.sum()
-    return out
+    if not batch.num_tokens:
+        return torch.zeros(2, dtype=cdt, device=delta.device)
+    tokens = torch.arange(batch.num_tokens, device=delta.device)
+    pos = torch.searchsorted(union, batch.support_ids)
+    v = row_dots(delta, pos, batch.hidden, tokens, kernel, chunk)
+    p = batch.support_probs.to(cdt)
+    adv = batch.advantages.to(cdt)
+    _, q_h, q_f = token_terms(policy_error(p, batch.action_index), p, v, adv)
+    return torch.stack([q_h.sum(), q_f.sum()])
 
 
 def global_shifts(
@@ -98,6 +95,7 @@ def global_shifts(
     n_total: int,
     reduce_sum: ReduceSum,
     chunk_size: int = 256,
+    kernel: str = "auto",
 ) -> tuple[float, float]:
     """m_H, m_F (eq 10) of the step the whole accepted set proposes, all ranks' tokens as one subset.
 
@@ -108,7 +106,8 @@ def global_shifts(
         tokens: this rank's accepted tokens (all micro-batches of the step).
         n_total: the number of accepted tokens over all ranks.
         reduce_sum: the all-reduce (one collective of 2 numbers).
-        chunk_size: tokens per chunk of [C, k, H] temporaries.
+        chunk_size: tokens per chunk of [C, k, H] temporaries (plain path).
+        kernel: the gathers' path, :data:`capo.fused_shift.KERNELS`.
 
     Returns:
         (m_H, m_F); NaN when no token was accepted anywhere.
@@ -117,7 +116,7 @@ def global_shifts(
     grad_dot = float((grad * delta).sum()) if union.numel() else 0.0
     q = torch.zeros(2, dtype=grad.dtype, device=grad.device)
     for batch in tokens:
-        q += _quadratic_terms(batch, union, delta, max(1, chunk_size))
+        q += _quadratic_terms(batch, union, delta, max(1, chunk_size), kernel)
     q = reduce_sum(q)
     if n_total <= 0:
         return float("nan"), float("nan")

@@ -144,13 +144,6 @@ def _token_level(
     return grad_dot + 0.5 * q_h, 0.5 * q_f, grad_dot
 
 
-def _gathered_dot(rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """[C, k] rows[index_ij] · h_i through one gathered [C, k, H] block (the plain path)."""
-    c, k = index.shape
-    block = torch.index_select(rows, 0, index.reshape(-1)).view(c, k, -1)
-    return block.mul_(hidden[:, None, :]).sum(dim=2)
-
-
 def _subset_level(
     batch: TokenBatch,
     step: StepModel,
@@ -201,16 +194,10 @@ def _subset_level(
         delta = step.propose(row_id[r0:r1], grad)
         grad_dot.index_add_(0, row_subset[r0:r1], torch.linalg.vecdot(grad, delta))
         del grad
-        v_all = fused.subset_directions(delta, inv[toks] - r0, h[toks], kernel)
-        for c0 in range(0, t1 - t0, chunk):
-            tc = toks[c0 : c0 + chunk]
-            if v_all is None:
-                v = _gathered_dot(delta, inv[tc] - r0, h[tc].to(cdt))
-            else:
-                v = v_all[c0 : c0 + chunk]
-            _, qh, qf = token_terms(u[tc], p[tc], v, adv[tc])
-            q_h.index_add_(0, subsets[tc], qh)
-            q_f.index_add_(0, subsets[tc], qf)
+        v = fused.row_dots(delta, inv[toks] - r0, h, toks, kernel, chunk)
+        _, qh, qf = token_terms(u[toks], p[toks], v, adv[toks])
+        q_h.index_add_(0, subsets[toks], qh)
+        q_f.index_add_(0, subsets[toks], qf)
         del delta
     nb = n_b.to(cdt)
     return grad_dot + 0.5 * q_h / nb, 0.5 * q_f / nb, grad_dot, n_b

@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import gpu_check
 
+from tests.tolerances import FLOAT32_RTOL, FUSED_FLOAT32_RTOL
+
 
 def _run(tmp_path: Path, *skip: str) -> dict:
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path), "--skip", *skip]) == 0
@@ -31,6 +33,10 @@ def test_dry_run_core_agrees_with_float64_and_times_the_step(tmp_path: Path) -> 
     for step in steps:
         assert "error" not in step, step
         assert step["peak_extra_bytes"] > 0 and step["rows_touched"] > 0
+    fused = res["fused_shift"]
+    assert "error" not in fused, fused.get("traceback")
+    assert fused["fused_vs_plain"] <= FUSED_FLOAT32_RTOL
+    assert max(fused[k]["max_rel_err_vs_float64"] for k in ("fused", "plain")) <= FLOAT32_RTOL
 
 
 @pytest.mark.slow
