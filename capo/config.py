@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from capo.fused_shift import KERNELS, check_kernel
 from capo.methods import VARIANT_LOSSES
 from capo.selection import Thresholds
 
@@ -133,6 +134,17 @@ class CAPOConfig(GRPOConfig):
             "models Adam's step, so `capo train` refuses it with a non-Adam optim (e.g. --optim sgd: "
             "add --capo_step_model sgd); 'sgd' is exact for SGD and the first-order ablation (App. I) "
             "for Adam."
+        },
+    )
+    capo_shift_kernel: str = field(
+        default="auto",
+        metadata={
+            "help": "How the shifts' per-token gathers of moment and step rows run: 'fused' (one "
+            "compiled kernel per call, torch.compile: Triton on CUDA, C++ on CPU; no [chunk, k, hidden] "
+            "temporaries), 'plain' (eager torch, chunk by chunk) or 'auto' (fused on CUDA with Triton, "
+            "after its first call matched the plain path; plain on CPU, where a compilation costs more "
+            "than a run saves). Both compute the same formula and agree to rounding.",
+            "choices": KERNELS,
         },
     )
     capo_chunk_size: int | None = field(
@@ -278,6 +290,7 @@ class CAPOConfig(GRPOConfig):
                 f"capo_granularity must be one of {list(CAPO_GRANULARITIES)}, got "
                 f"{self.capo_granularity!r}"
             )
+        check_kernel(self.capo_shift_kernel)
         if self.capo_step_model not in CAPO_STEP_MODELS:
             raise ValueError(
                 f"capo_step_model must be one of {list(CAPO_STEP_MODELS)}, got "

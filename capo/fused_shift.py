@@ -217,7 +217,9 @@ def _unavailable(device: torch.device) -> str | None:
 def check_kernel(kernel: str, device: torch.device | None = None) -> str:
     """``kernel`` validated (ValueError naming it); with ``device``, a ``fused`` request it cannot honour."""
     if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+        raise ValueError(
+            f"capo_shift_kernel (kernel) must be one of {list(KERNELS)}, got {kernel!r}"
+        )
     if kernel == "fused" and device is not None:
         reason = _unavailable(device)
         if reason is not None:

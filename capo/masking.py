@@ -114,6 +114,7 @@ def accept_micro_batch(
     group_ids: torch.Tensor | None = None,
     chunk_size: int | None = None,
     support: Support | None = None,
+    kernel: str = "auto",
 ) -> MicroBatchSelection:
     """Run the acceptance test (eq 11) on the valid tokens of one micro-batch.
 
@@ -135,6 +136,7 @@ def accept_micro_batch(
         support: the N valid tokens' support ([N, k], row-major order of ``valid``) if already known,
             e.g. from the policy forward (:mod:`capo.forward_support`); None: computed here from
             ``hidden``, ``weight`` and ``bias`` (:func:`capo.support.support_from_hidden`).
+        kernel: how the shifts' gathers run (:data:`capo.fused_shift.KERNELS`, ``capo_shift_kernel``).
 
     Returns:
         :class:`MicroBatchSelection`.
@@ -153,7 +155,7 @@ def accept_micro_batch(
         n = batch.num_tokens
         num_subsets = None if subsets is None else (int(subsets.max()) + 1 if n else 0)
         shifts = directional_shifts(
-            batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size
+            batch, step, subsets, num_subsets=num_subsets, chunk_size=chunk_size, kernel=kernel
         )
     return _selection(valid, batch, shifts, subsets, thresholds, sup.sampled_logprob)
 

@@ -312,6 +312,7 @@ class CAPOStep:
         lr: float,
         global_shift: bool,
         chunk_size: int | None,
+        kernel: str = "auto",
     ) -> dict[str, float]:
         """Global accepted gradient -> global shifts, the moments update; the step's ``capo/*`` metrics.
 
@@ -324,6 +325,7 @@ class CAPOStep:
             lr: η of the step when no micro-batch recorded one.
             global_shift: compute ``capo/global_m_H`` / ``capo/global_m_F``.
             chunk_size: tokens per chunk of the global shifts (None: 256).
+            kernel: how the global shifts' gathers run (:data:`capo.fused_shift.KERNELS`).
         """
         valid = max(totals["valid"], 1.0)
         out = {
@@ -344,7 +346,9 @@ class CAPOStep:
         if global_shift:
             accepted = [e.accepted for e in self.store if e.accepted is not None]
             chunk = chunk_size or 256
-            m_h, m_f = global_shifts(step_model(lr), union, grad, accepted, n_acc, reduce, chunk)
+            m_h, m_f = global_shifts(
+                step_model(lr), union, grad, accepted, n_acc, reduce, chunk, kernel
+            )
             out[metrics.GLOBAL_M_H], out[metrics.GLOBAL_M_F] = m_h, m_f
         if moments is not None:
             moments.update(union, grad)

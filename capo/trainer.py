@@ -298,6 +298,7 @@ class CAPOTrainer(GRPOTrainer):
             group_ids=mb.group_ids,
             chunk_size=args.capo_chunk_size,
             support=support,
+            kernel=args.capo_shift_kernel,
         )
         keep, applied, kept = applied_mask(sel, self.token_mask(sel, mb), args.capo_enabled)
         self.capo_step.add(mb, head, sel, applied, kept, chunk_size=args.capo_chunk_size)
@@ -352,7 +353,7 @@ class CAPOTrainer(GRPOTrainer):
             gather, lr = self.accelerator.gather, self._capo_lr()
             finished = step.finish(
                 totals, reduce, gather, self._capo_step_model, self.capo_moments, lr,
-                args.capo_global_shift, args.capo_chunk_size,
+                args.capo_global_shift, args.capo_chunk_size, args.capo_shift_kernel,
             )  # fmt: skip
             logged.update(finished)
         if self._capo_kl is not None:

@@ -102,7 +102,7 @@ def test_auto_is_the_plain_path_on_cpu_bit_for_bit():
 
 def test_unknown_kernel_is_a_value_error_naming_it():
     batch, step = _float32_case()
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    with pytest.raises(ValueError, match=r"kernel\) must be one of"):
         capo.directional_shifts(batch, step, kernel="triton")
 
 
@@ -121,3 +121,27 @@ def test_a_fused_kernel_that_disagrees_is_refused(kernel):
             assert fused_shift._checked(kernel, key, 4, wrong, right) is None
         assert fused_shift._checked(kernel, key, 4, wrong, right) is None  # decided once
     fused_shift._verified.pop(key, None)
+
+
+def _train(tmp_path, kernel):
+    from tests.capo import _trainer_helpers as H
+
+    trainer = H.trainer(
+        str(tmp_path / kernel), capo_shift_kernel=kernel, capo_global_shift=True, max_steps=3,
+        hessian_low=-0.05, hessian_high=0.05, fisher_max=1.3e-3,
+    )  # fmt: skip
+    trainer.capo_record = []
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if e.get("capo/global_m_H")]
+    return [r["keep"] for r in trainer.capo_record], logs
+
+
+def test_training_with_the_fused_kernel_applies_the_same_masks(tmp_path):
+    """capo_shift_kernel='fused' (float64 tiny model): the masks of 'plain', the shifts to 1e-12."""
+    fused_keep, fused_logs = _train(tmp_path, "fused")
+    plain_keep, plain_logs = _train(tmp_path, "plain")
+    assert all(torch.equal(a, b) for a, b in zip(fused_keep, plain_keep, strict=True))
+    assert len(plain_logs) >= 2  # steps with an accepted gradient: the global shift is nonzero
+    for a, b in zip(fused_logs, plain_logs, strict=True):
+        for key in ("capo/global_m_H", "capo/global_m_F", "capo/m_H/mean", "capo/m_F/max"):
+            assert a[key] == pytest.approx(b[key], rel=FUSED_RTOL, abs=1e-300), key
