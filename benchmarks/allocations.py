@@ -15,7 +15,9 @@
   no cache reuse), except for indexed reads (``index_select``, ``gather``, ``index``: the selected
   rows, read once and written once, plus the indices) and indexed writes (``index_add_``,
   ``index_copy_``, ``index_put_``, ``scatter*``: the touched rows read and written, the source and
-  indices read, i.e. 3x the other operands), one kernel launch per op, and
+  indices read, i.e. 3x the other operands), CAPO's fused gathers (``capo.adam_token_directions``,
+  ``capo.gather_dot``: each gathered table row read once per (token, support entry), the other operands
+  read and the result written once), one kernel launch per op, and
   ``aten._local_scalar_dense`` counted as a host sync (``bool(t)``, ``int(t)``, ``t.item()``: the
   CPU waits for the device).
 
@@ -80,8 +82,20 @@ _INDEXED_WRITES = {
 }  # fmt: skip
 
 
+_FUSED_GATHERS = {"capo.adam_token_directions": 2, "capo.gather_dot": 1}
+"""CAPO's fused ops: how many leading operands are tables gathered by the next one (the [T, k] index)."""
+
+
+def _fused_gather_bytes(tables: int, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
+    index = ins[tables]
+    gathered = sum(index.numel() * t[0].numel() * t.element_size() for t in ins[:tables])
+    return gathered + sum(_nbytes(t) for t in ins[tables:]) + sum(_nbytes(t) for t in outs)
+
+
 def bytes_moved(name: str, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
     """Bytes an op reads and writes (module docstring); ``ins[0]`` is the indexed tensor if any."""
+    if name in _FUSED_GATHERS:
+        return _fused_gather_bytes(_FUSED_GATHERS[name], ins, outs)
     out_ptrs = {t.untyped_storage().data_ptr() for t in outs}
     if name in _INDEXED_READS:
         index = sum(_nbytes(t) for t in ins[1:] if t.untyped_storage().data_ptr() not in out_ptrs)

@@ -56,6 +56,8 @@ class Target:
     tokens_per_micro_batch: int = 8 * 1024
     unique_rows: int | None = None
     chunk_size: int | None = None
+    kernel: str = "fused"
+    support_source: str = "forward"
 
     @property
     def rows(self) -> int:
@@ -104,6 +106,8 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
                 u,
                 dtype,
                 target.chunk_size,
+                target.kernel,
+                target.support_source,
             )
             for n, u in grid(target, quick)
         ]
@@ -183,7 +187,8 @@ def render(result: dict, hw: Hardware) -> str:
     lines = [
         f"CAPO per GPU at H={t['hidden']} V={t['vocab']} k={t['support']}, {t['micro_batches']} "
         f"micro-batches x {t['tokens_per_micro_batch']} tokens, U = {t['rows_used']} rows, "
-        f"capo_chunk_size = {t['chunk_size']}",
+        f"capo_chunk_size = {t['chunk_size']}, capo_shift_kernel = {t.get('kernel', 'plain')}, "
+        f"support from the {t.get('support_source', 'hidden')}",
         f"{'buffer':74s} {'MiB':>10s}  fit resid",
     ]
     for label, key, mult in MEMORY_ROWS:
@@ -217,6 +222,14 @@ def render(result: dict, hw: Hardware) -> str:
         f"{'total':24s} {'':9s} {'':9s} {total_roof * 1e3:12.2f} {'':9s} {'':7s} "
         f"{total_launch * 1e3:10.2f}"
     )
+    sel = ("support", "select")
+    sel_bytes = sum(p[f"work.{ph}.bytes"]["value"] for ph in sel)
+    sel_kernels = sum(p[f"work.{ph}.kernels"]["value"] for ph in sel)
+    sel_flops = sum(p[f"work.{ph}.flops"]["value"] for ph in sel)
+    lines.append(
+        f"selection (support + select): {sel_bytes / 1e9:.1f} GB moved, {sel_kernels:.0f} kernels, "
+        f"{sel_flops / 1e12:.2f} TFLOP of matmuls"
+    )
     lines.append(
         f"H100 SXM roofline: bf16 {hw.bf16_flops / 1e12:.0f} TFLOP/s, fp32 {hw.fp32_flops / 1e12:.0f} "
         f"TFLOP/s, {hw.bandwidth / 1e12:.2f} TB/s; launch {hw.launch_s * 1e6:.0f} us/kernel, "
@@ -233,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batches", type=int, default=None)
     ap.add_argument("--unique-rows", type=int, default=None, help="U (default: min(V, n·k))")
     ap.add_argument("--chunk-size", type=int, default=None, help="capo_chunk_size (default: None)")
+    ap.add_argument("--kernel", choices=("fused", "plain"), default=None, help="capo_shift_kernel")
+    ap.add_argument(
+        "--support", choices=("forward", "hidden"), default=None,
+        help="forward: from TRL's LM head tiles (training); hidden: recomputed (a second LM head)",
+    )  # fmt: skip
     ap.add_argument("--reuse", help="a JSON this tool wrote: refit its runs at the new n, M, U")
     ap.add_argument("--out", default="outputs/projection.json")
     args = ap.parse_args(argv)
@@ -242,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "micro_batches": args.micro_batches,
         "unique_rows": args.unique_rows,
         "chunk_size": args.chunk_size,
+        "kernel": args.kernel,
+        "support_source": args.support,
     }
     target = Target(**(asdict(target) | {k: v for k, v in changes.items() if v is not None}))
     if min(target.tokens_per_micro_batch, target.micro_batches, target.chunk_size or 1) < 1:
@@ -249,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     reuse = None
     if args.reuse:
         reuse = json.loads(Path(args.reuse).read_text())
-        same = ("hidden", "vocab", "support", "chunk_size")
-        if any(reuse["target"][key] != getattr(target, key) for key in same):
+        same = ("hidden", "vocab", "support", "chunk_size", "kernel", "support_source")
+        old = {"kernel": "plain", "support_source": "hidden"}  # records made before these options
+        if any(reuse["target"].get(key, old.get(key)) != getattr(target, key) for key in same):
             ap.error(f"--reuse {args.reuse} was measured at other {', '.join(same)}")
     result = project(target, args.quick, torch.bfloat16, reuse)
     hw = Hardware()

@@ -4,25 +4,34 @@ The step calls the library functions the trainer calls, in its order (``CAPOTrai
 for each micro-batch, ``CAPOStep.finish`` at the step end), with a one-process all-reduce (the
 identity). Hidden states and the output layer exist before the step (the model's), as do the moments'
 stored rows; everything CAPO allocates is counted.
+
+The support comes as in training (``support="forward"``): TRL's fused LM head
+(``ChunkedLogProbFunction``, the policy forward's own work, neither counted nor timed as CAPO's) runs on
+the micro-batch with :func:`capo.forward_support.capture_forward_support`, whose fold of each logit
+tile is counted (phase ``support``); ``support="hidden"`` recomputes it from the hidden states
+(:func:`capo.support.support_from_hidden`, a second LM head, counted in ``select``: the code before).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from allocations import OpCounter, OpRecord, PhaseTotals
+from torch.utils._python_dispatch import _disable_current_modes
 
+from capo.forward_support import TileSupport, capture_forward_support
 from capo.gradients import last_layer_gradient
 from capo.masking import accept_micro_batch
 from capo.moments import SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, global_shifts, merge_rows
 from capo.selection import Thresholds
 from capo.steps import AdamStep
+from capo.support import Support
 from capo.tokens import TokenBatch
 from capo.true_kl import full_vocab_kl
 
@@ -41,7 +50,7 @@ LR = 1.5e-5
 TEMPERATURE = 0.9
 POOL_SCALE = 8.0
 """Pool rows of the output layer are scaled by this power of two (exact in bf16): top-k stays in the pool."""
-MICRO_PHASES = ("select", "gradient", "accumulate", "accepted")
+MICRO_PHASES = ("support", "select", "gradient", "accumulate", "accepted")
 STEP_END_PHASES = ("merge", "allreduce", "global_shifts", "moments_update")
 
 
@@ -90,7 +99,9 @@ def _weight(vocab: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
 def _phase_quantities(phases: dict[str, list[PhaseTotals]], hw: Hardware) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in MICRO_PHASES + STEP_END_PHASES:
-        occ = phases[name]
+        occ = phases[name] or [
+            PhaseTotals()
+        ]  # "support" is empty when it is recomputed in "select"
         out[f"mem.{name}.retained"] = sum(p.retained for p in occ) / len(occ)
         out[f"mem.{name}.scratch"] = max(p.scratch for p in occ)
         out[f"mem.{name}.peak"] = max(p.peak for p in occ)  # all CAPO buffers alive then
@@ -115,22 +126,71 @@ def no_phase(name: str) -> AbstractContextManager[object]:
     return nullcontext()
 
 
+@contextmanager
+def _counted_folds(counter: OpCounter | None, phase: Phase) -> Iterator[None]:
+    """While TRL's LM head runs uncounted, count CAPO's fold of each tile (phase ``support``)."""
+    if counter is None:
+        yield
+        return
+    observe = TileSupport.observe
+
+    def counted(self: TileSupport, *args: object, **kwargs: object) -> None:
+        with counter, phase("support"):  # re-enters the counter TRL's head runs outside of
+            observe(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    TileSupport.observe = counted  # type: ignore[method-assign]
+    try:
+        with _disable_current_modes():
+            yield
+    finally:
+        TileSupport.observe = observe  # type: ignore[method-assign]
+
+
+def forward_support(
+    phase: Phase, counter: OpCounter | None, weight: torch.Tensor, inputs: tuple, k: int
+) -> Support | None:
+    """The micro-batch's support as in training: TRL's fused LM head, CAPO's fold of its tiles."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    hidden, ids, valid, _ = inputs
+    dev = hidden.device
+    seq = torch.cat(
+        [torch.zeros_like(ids[:, :1]), ids], dim=1
+    )  # one prompt token, then the completion
+    tiles = TileSupport(
+        seq, torch.ones_like(seq), ids.shape[1], valid, k, TEMPERATURE, weight.shape[0]
+    )
+    with capture_forward_support(tiles), _counted_folds(counter, phase), torch.no_grad():
+        logps = ChunkedLogProbFunction.apply(
+            hidden[0], weight, None, ids[0].to(dev), TEMPERATURE, _CHUNKED_LOGPROB_CHUNK_SIZE
+        )[0]
+    with phase("support"):
+        return tiles.support(logps[None])
+
+
 def _micro_batch(
     phase: Phase,
     weight: torch.Tensor,
     k: int,
     inputs: tuple,
     moments: SparseAdamMoments,
-    chunk: int | None,
+    options: dict,
     parts: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], TokenBatch, int]:
     """``CAPOTrainer._capo_micro_batch``, every token accepted: (running gradient, tokens, rows)."""
     hidden, ids, valid, adv = inputs
+    chunk = options["chunk_size"]
+    support = None
+    if options["support"] == "forward":
+        support = forward_support(phase, options["counter"], weight, inputs, k)
+        assert support is not None, "the projection's forward did not yield a support"
     with phase("select"):
         sel = accept_micro_batch(
             hidden, ids, valid, adv, weight=weight, bias=None, support_size=k,
             temperature=TEMPERATURE, step=AdamStep(LR, moments),
             thresholds=Thresholds(None, None, None), granularity="token", chunk_size=chunk,
+            support=support, kernel=options["kernel"],
         )  # fmt: skip
     applied = sel.keep_flat
     with phase("gradient"):
@@ -152,11 +212,11 @@ def _step_end(
     parts: list[tuple[torch.Tensor, torch.Tensor]],
     accepted: list[TokenBatch],
     moments: SparseAdamMoments,
-    chunk: int | None,
+    options: dict,
 ) -> int:
     """``CAPOStep.finish`` on one process; returns U, the rows of the accepted gradient."""
     n_acc = sum(b.num_tokens for b in accepted)
-    dev = parts[0][1].device
+    dev, chunk = parts[0][1].device, options["chunk_size"]
     with phase("merge"):
         ids, rows = merge_rows(parts, moments.hidden_size, torch.float32, dev)
         parts.clear()
@@ -166,8 +226,9 @@ def _step_end(
     with phase("global_shifts"):
         grad = grad_sum.div_(max(n_acc, 1))
         global_shifts(
-            AdamStep(LR, moments), union, grad, accepted, n_acc, lambda t: t, chunk or 256
-        )
+            AdamStep(LR, moments), union, grad, accepted, n_acc, lambda t: t, chunk or 256,
+            options["kernel"],
+        )  # fmt: skip
     with phase("moments_update"):
         moments.update(union, grad)
     return int(union.numel())
@@ -180,6 +241,9 @@ def run_step(
     k: int,
     phase: Phase = no_phase,
     chunk_size: int | None = None,
+    kernel: str = "fused",
+    support: str = "forward",
+    counter: OpCounter | None = None,
 ) -> tuple[int, float]:
     """One CAPO optimizer step of one rank: the micro-batches ``inputs``, then the step end.
 
@@ -190,6 +254,9 @@ def run_step(
         k: support size.
         phase: wraps each part of the step.
         chunk_size: ``CAPOConfig.capo_chunk_size`` (None: the library's memory-budget defaults).
+        kernel: ``CAPOConfig.capo_shift_kernel`` (default: fused, as ``auto`` on a GPU).
+        support: ``forward`` (from TRL's LM head, as in training) or ``hidden`` (recomputed).
+        counter: the counter ``phase`` belongs to (TRL's LM head runs outside it).
 
     Returns:
         (U, the union rows of the step's gradient; the mean rows of one micro-batch's gradient).
@@ -197,12 +264,13 @@ def run_step(
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     accepted: list[TokenBatch] = []
     rows_per_micro = 0
+    options = {"chunk_size": chunk_size, "kernel": kernel, "support": support, "counter": counter}
     for x in inputs:  # the lists hold the only references: _step_end frees the parts once merged
-        parts, tokens, rows = _micro_batch(phase, weight, k, x, moments, chunk_size, parts)
+        parts, tokens, rows = _micro_batch(phase, weight, k, x, moments, options, parts)
         accepted.append(tokens)
         rows_per_micro += rows
         del tokens
-    return _step_end(phase, parts, accepted, moments, chunk_size), rows_per_micro / len(inputs)
+    return _step_end(phase, parts, accepted, moments, options), rows_per_micro / len(inputs)
 
 
 def synthetic_inputs(
@@ -238,6 +306,8 @@ def measure_step(
     pool: int,
     dtype: torch.dtype,
     chunk_size: int | None = None,
+    kernel: str = "fused",
+    support: str = "forward",
 ) -> dict[str, float]:
     """Counted memory and work of one step: M micro-batches of n tokens drawn from ``pool`` rows."""
     weight = _weight(vocab, hidden, dtype)
@@ -245,8 +315,14 @@ def measure_step(
     moments = SparseAdamMoments(vocab, hidden)
     weight[rows] *= POOL_SCALE
     try:
+        two = [tuple(t[:, :2] for t in inputs[0])]  # two tokens of the first micro-batch
+        run_step(weight, two, SparseAdamMoments(vocab, hidden), k,
+                 chunk_size=chunk_size, kernel=kernel, support=support)  # fmt: skip
+        # ^ uncounted: the fused kernels' one-time check against the plain path happens here
         with OpCounter() as counter:
-            u, u_micro = run_step(weight, inputs, moments, k, counter.phase, chunk_size)
+            u, u_micro = run_step(
+                weight, inputs, moments, k, counter.phase, chunk_size, kernel, support, counter
+            )
     finally:
         weight[rows] /= POOL_SCALE
     sizes = {"n": float(n), "U": float(u), "U_micro": u_micro}

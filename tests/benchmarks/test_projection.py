@@ -58,10 +58,19 @@ def test_counter_agrees_with_the_storages_select_tokens_returns() -> None:
     assert p.retained <= sum(storages.values()) + 64 * 8
 
 
-def test_support_flops_are_the_logits_matmul() -> None:
-    """The only matmul of a micro-batch's selection is the [n, H] x [H, V] logits product."""
-    q = measure_step(H, V, K, micro_batches=1, n=64, pool=32, dtype=torch.bfloat16)
+def test_support_recomputed_from_hidden_is_the_logits_matmul() -> None:
+    """Recomputing the support is the selection's only matmul: the [n, H] x [H, V] logits product."""
+    q = measure_step(
+        H, V, K, micro_batches=1, n=64, pool=32, dtype=torch.bfloat16, support="hidden"
+    )
     assert q["work.select.flops"] == 2 * 64 * H * V
+
+
+def test_support_from_the_forward_runs_no_matmul() -> None:
+    """As in training: the support folded from TRL's tiles, the fused kernel: no FLOPs of matmuls."""
+    q = measure_step(H, V, K, micro_batches=1, n=64, pool=32, dtype=torch.bfloat16)
+    assert q["work.select.flops"] == q["work.support.flops"] == 0
+    assert q["work.support.kernels"] > 0  # the fold of each tile is counted
 
 
 def test_fit_predicts_a_held_out_shape() -> None:
