@@ -47,7 +47,7 @@ def last_layer_gradient(
         keep = keep & mask.to(keep.device)
     tok = torch.nonzero(keep).squeeze(1)
     cdt, dev = batch.dtype, batch.hidden.device
-    chunk = int(chunk_size) if chunk_size is not None else default_chunk_size(k, hs, cdt)
+    chunk = int(chunk_size) if chunk_size is not None else default_chunk_size(k, hs, cdt, dev)
     ids = batch.support_ids[tok]
     row_ids, inv = torch.unique(ids, sorted=True, return_inverse=True)
     p = batch.support_probs[tok].to(cdt)

@@ -26,6 +26,7 @@ from capo.tokens import TokenBatch
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "DEVICE_CHUNK_BYTES",
     "Shifts",
     "default_chunk_size",
     "directional_shifts",
@@ -35,19 +36,31 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20
-"""Memory budget for the [C, k, H] temporaries of one token chunk (and the rows of one subset chunk).
+"""Memory budget on the CPU for the [C, k, H] temporaries of one token chunk (and the rows of one subset chunk).
 
 Small on purpose: the chunk's blocks then stay in the CPU's last-level cache, and the element-wise
 passes run 1.5-3x faster than on blocks streamed from DRAM (``benchmarks/run.py`` chunk sweep)."""
+
+DEVICE_CHUNK_BYTES = {"cuda": 512 * 2**20}
+"""Budgets of other devices. On a GPU a cache-sized chunk buys nothing and every chunk costs a dozen kernel
+launches (5 µs each): at the paper's shape the CPU budget means 5-token chunks and ~0.8 s of launches per step
+(``benchmarks/projection.py``), this one ~180-token chunks."""
 
 _LIVE_BLOCKS = 4
 """How many [C, k, H] blocks are alive at once (gradient block, m', v' / step block, slack)."""
 
 
-def default_chunk_size(k: int, hidden_size: int, dtype: torch.dtype) -> int:
-    """Tokens per chunk C so that the [C, k, H] temporaries stay within :data:`DEFAULT_CHUNK_BYTES`."""
+def default_chunk_size(
+    k: int, hidden_size: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> int:
+    """Tokens per chunk C so that the [C, k, H] temporaries stay within the device's budget.
+
+    :data:`DEVICE_CHUNK_BYTES` for its device type, else :data:`DEFAULT_CHUNK_BYTES` (the CPU's).
+    """
+    kind = torch.device(device).type if device is not None else "cpu"
+    budget = DEVICE_CHUNK_BYTES.get(kind, DEFAULT_CHUNK_BYTES)
     per_token = _LIVE_BLOCKS * max(k, 1) * max(hidden_size, 1) * torch.finfo(dtype).bits // 8
-    return max(1, DEFAULT_CHUNK_BYTES // per_token)
+    return max(1, budget // per_token)
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,7 +271,7 @@ def directional_shifts(
         subsets: None (each token is its own subset, S = N) or [N] int64 subset ids (one completion,
             one group, the whole batch, ...); S = max id + 1 unless ``num_subsets`` is given.
         num_subsets: optional S (subsets without tokens get NaN shifts and are rejected).
-        chunk_size: tokens per chunk C; default from :data:`DEFAULT_CHUNK_BYTES`.
+        chunk_size: tokens per chunk C; default from the device's budget (:func:`default_chunk_size`).
         kernel: ``"auto"``, ``"fused"`` or ``"plain"`` (:data:`capo.fused_shift.KERNELS`): the per-token
             gathers of the Adam token level and of the subset level run as one compiled kernel
             (:mod:`capo.fused_shift`) or chunk by chunk. ``auto`` is fused on CUDA with Triton and plain
@@ -280,7 +293,7 @@ def directional_shifts(
     dev = batch.hidden.device
     cdt = batch.dtype
     if chunk_size is None:
-        chunk_size = default_chunk_size(k, hs, cdt)
+        chunk_size = default_chunk_size(k, hs, cdt, dev)
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk = int(chunk_size)
