@@ -4,6 +4,7 @@ Runs ``capo train`` (the embedded tiny default) in this process for a few optimi
 
 - ``grpo``:  the baseline, CAPO off (no hidden-state capture, no curvature model);
 - ``capo``:  CAPO on (support, shifts, select, masked loss, batch gradient, moments update);
+- ``capo+fused``: CAPO on with ``--capo_shift_kernel fused`` (compiled once, in the first, dropped step);
 - ``capo+kl``: CAPO on plus the default true-KL diagnostic (``capo_log_true_kl``, a full-vocabulary
   KL of the output layer before/after the step; a diagnostic, not part of CAPO);
 
@@ -37,6 +38,15 @@ METHODS = {
     "grpo": ["--method", "grpo", "--capo_log_true_kl", "false"],
     "capo": ["--method", "capo", "--capo_log_true_kl", "false"],
     "capo+kl": ["--method", "capo"],
+    # CAPO on with the fused shift kernel (capo.fused_shift; 'auto' keeps the plain path on a CPU)
+    "capo+fused": [
+        "--method",
+        "capo",
+        "--capo_log_true_kl",
+        "false",
+        "--capo_shift_kernel",
+        "fused",
+    ],
     # CAPO on with the proposed faster capo.moments_sync._quadratic_terms (see _fast_quadratic_terms)
     "capo+fastq": ["--method", "capo", "--capo_log_true_kl", "false"],
 }

@@ -6,9 +6,12 @@ per platform (the torch build and its CPU kernels: AVX2 and AVX512 kernels round
 without a recording skips the run, never loosens it. Recordings:
 
 - "2.13.0+cpu AVX512" (the capability by elimination: the machine's was not recorded, and the AVX2 and default
-  kernels give other bits): ``capo_adam`` and ``track_sgd`` from the code before the step object (issue 20).
-- "2.13.0+cpu AVX2": ``capo_adam`` and ``track_sgd`` from the code before the KL budget moved along the
-  applied step (issue 22; the same behaviour as before issue 20), ``capo_budget`` from the code after it.
+  kernels give other bits): ``track_sgd`` from the code before the step object (issue 20). Its ``capo_adam``
+  was dropped with issue 23 (below): no AVX512 machine was at hand to re-record it.
+- "2.13.0+cpu AVX2": ``track_sgd`` from the code before the KL budget moved along the applied step (issue 22;
+  the same behaviour as before issue 20); ``capo_adam`` and ``capo_budget`` re-recorded with issue 23, whose
+  support comes from TRL's own logit tiles (``capo.forward_support``): masks and logs were bit-identical, the
+  Adam moments differed in the last bit (the tile GEMM rounds differently from a whole-vocabulary GEMM).
 
 Deliberate changes allowed: the ``last_layer`` KL prediction (``capo/kl_predicted``, a logged number that
 steers nothing without a budget) agrees to float64 rounding only (the cancellation-free ½vᵀFv of
