@@ -15,6 +15,7 @@ Usage:
     python benchmarks/run.py                 # full grid (a few minutes on 2 cores)
     python benchmarks/run.py --quick         # small shapes, seconds
     python benchmarks/run.py --out outputs/bench --threads 1 --reps 3
+    python benchmarks/run.py --only fused    # the fused token-level shift vs plain vs a read bound
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import LR, make_case, moments_agreement, ops_for
+from fused import SHAPES as FUSED_SHAPES
+from fused import fused_comparison, fused_text
 from measure import fit_exponent, peak_extra_bytes, time_ops, timed
 
 import capo
@@ -226,7 +229,7 @@ PLANS: dict[str, dict] = {
         "grid_base": {"N": 2048, "k": 32, "H": 512, "V": 4096},
         "grid": {"N": [512, 2048, 8192], "k": [8, 32, 128], "H": [128, 512, 2048]},
         "sweep_shape": {"N": 4096, "k": 50, "H": 1024, "V": 4096},
-        "sweep_chunks": [2, 8, 32, 81, 256, 1024],
+        "sweep_chunks": [2, 4, 8, 12, 20, 40, 81, 256],
         "growth_rows": [1000, 8000, 32000],
     },
 }
@@ -337,8 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         sweep = chunk_sweep(plan["sweep_shape"], plan["sweep_chunks"], reps)
+    fused = None
+    if only is None or "fused" in only:
+        shape = FUSED_SHAPES["quick" if args.quick else "full"]
+        print(f"[fused] {shape}", file=sys.stderr, flush=True)
+        fused = fused_comparison(shape, max(reps, 3))
     growth = moments_growth(GROWTH_V, GROWTH_H, plan["growth_rows"])
     text = report_text(rows, growth, scaling, sweep, plan)
+    if fused is not None:
+        text += "\n" + fused_text(fused)
     meta = run_meta(args.threads, reps)
     header = (
         f"# CAPO benchmark {meta['date']}  torch {meta['torch']}  threads={args.threads}  "
@@ -349,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = {"meta": meta, "rows": rows, "scaling": scaling, "chunk_sweep": sweep}
+        payload["fused"] = fused
         (args.out / "results.json").write_text(json.dumps(payload, indent=1))
         (args.out / "table.txt").write_text(header + "\n" + text)
     return 0
