@@ -8,7 +8,9 @@ One command, one H100/H200, a few minutes (README "Checking on a GPU"):
 2. ``paper_step``: one CAPO optimizer step of one GPU at the paper's shapes (N = 24,576 tokens as 3
    micro-batches of 8,192, k = 50, H = 3584, V = 152,064, bf16): median time and peak extra memory
    against the goal (50 ms, 512 MiB), with U (rows the gradient touches) at the worst case (V) and at
-   V / 4 rows, and at the worst case with ``capo_chunk_size`` 128 (fewer, larger kernels).
+   V / 4 rows, as in training (the fused kernels; the support folded from TRL's LM-head tiles, whose own
+   time, the policy forward's, is measured alone and subtracted), and at the worst case as before issue 23
+   (plain kernels, the support recomputed from the hidden states).
 3. ``fused_shift``: the token-level Adam shift of one paper-shape micro-batch (N = 8,192, k = 50,
    H = 3584, moments on V / 2 rows) with the fused kernel (:mod:`capo.fused_shift`, Triton on CUDA)
    and the plain path: median times, peak extra memory, fused vs plain, and both against float64 on
@@ -158,10 +160,31 @@ def _peak_extra(device: torch.device, run: Callable[[], object]) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
+def _lm_head(device: torch.device, weight: torch.Tensor, inputs: list[tuple]) -> tuple[float, int]:
+    """Time and peak memory of TRL's fused LM head alone on the micro-batches (the policy forward's)."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    def heads() -> None:
+        with torch.no_grad():
+            for hidden, ids, _, _ in inputs:
+                ChunkedLogProbFunction.apply(
+                    hidden[0], weight, None, ids[0], 0.9, _CHUNKED_LOGPROB_CHUNK_SIZE
+                )
+
+    heads()
+    return statistics.median(_timed_step(device, heads) for _ in range(3)), _peak_extra(
+        device, heads
+    )
+
+
 def paper_step(
-    device: torch.device, shape: dict[str, int], pool: int, reps: int, chunk: int | None = None
+    device: torch.device, shape: dict[str, int], pool: int, reps: int, mode: str = "training"
 ) -> dict[str, Any]:
-    """Section 2 (module docstring) for one pool size: time and peak extra memory of one CAPO step."""
+    """Section 2 (module docstring) for one pool size: time and peak extra memory of one CAPO step.
+
+    ``mode``: ``training`` (fused kernels, support from TRL's tiles) or ``before`` (plain, recomputed).
+    """
     n, m, k = shape["n_total"] // shape["micro_batches"], shape["micro_batches"], shape["k"]
     g = torch.Generator(device=device).manual_seed(0)
     weight = torch.randn(
@@ -171,19 +194,27 @@ def paper_step(
     inputs, rows = synthetic_inputs(weight, m, n, pool, seed=1)
     weight[rows] *= POOL_SCALE
     moments = capo.SparseAdamMoments(shape["vocab"], shape["hidden"], device=device)
-    out: dict[str, Any] = {"pool_rows": pool, "tokens": n * m, "micro_batches": m, "chunk": chunk}
+    out: dict[str, Any] = {"pool_rows": pool, "tokens": n * m, "micro_batches": m, "mode": mode}
     alloc = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    step = functools.partial(run_step, weight, inputs, moments, k, chunk_size=chunk)
+    kernel, support = ("fused", "forward") if mode == "training" else ("plain", "hidden")
+    step = functools.partial(run_step, weight, inputs, moments, k, kernel=kernel, support=support)
+    out["lm_head_s"], out["lm_head_peak_bytes"] = (
+        _lm_head(device, weight, inputs) if support == "forward" else (0.0, 0)
+    )
     out["first_step_s"] = _timed_step(device, step)
     if device.type == "cuda":
         out["moments_bytes_after_first_step"] = torch.cuda.memory_allocated(device) - alloc
     out["rows_touched"] = moments.num_rows
-    times = [_timed_step(device, step) for _ in range(reps)]
+    times = [_timed_step(device, step) - out["lm_head_s"] for _ in range(reps)]
     out["step_s_median"], out["step_s_all"] = statistics.median(times), times
-    out["peak_extra_bytes"] = _peak_extra(device, step)
+    out["peak_extra_bytes"] = _peak_extra(device, step)  # TRL's LM head included (GRPO's too)
     if device.type == "cuda":  # the goal is for the paper's shapes on a GPU
+        capo_peak = (
+            out["peak_extra_bytes"] - out["lm_head_peak_bytes"]
+        )  # when CAPO's phases peak later
         out["meets_goal"] = {"time": out["step_s_median"] <= GOAL_SECONDS,
-                             "memory": out["peak_extra_bytes"] <= GOAL_BYTES}  # fmt: skip
+                             "memory": out["peak_extra_bytes"] <= GOAL_BYTES,
+                             "memory_without_lm_head": capo_peak <= GOAL_BYTES}  # fmt: skip
     else:
         out["meets_goal"] = None
     return out
@@ -291,7 +322,8 @@ def summary(results: dict[str, Any]) -> str:
                              f"{value[dt]['support_rows_identical']:.3f}")  # fmt: skip
         elif name.startswith("paper_step"):
             lines.append(f"- **{name}** ({value['tokens']} tokens, {value['rows_touched']} rows): "
-                         f"{1e3 * value['step_s_median']:.1f} ms, peak extra "
+                         f"{1e3 * value['step_s_median']:.1f} ms (TRL's LM head alone, subtracted: "
+                         f"{1e3 * value['lm_head_s']:.1f} ms), peak extra "
                          f"{value['peak_extra_bytes'] / 2**20:.0f} MiB; goal met: {value['meets_goal']}")  # fmt: skip
         elif name == "fused_shift":
             lines.append(f"- **fused_shift** ({value['shape']['n']} tokens, k {value['shape']['k']}, H "
@@ -324,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         small = AGREEMENT_DRY if args.dry_run else AGREEMENT
         _section(results, "agreement", lambda: agreement(device, **small))
     if "paper_step" not in args.skip:
-        for pool, chunk in (
-            (shape["vocab"], None),
-            (shape["vocab"] // 4, None),
-            (shape["vocab"], 128),
+        for pool, mode in (
+            (shape["vocab"], "training"),
+            (shape["vocab"] // 4, "training"),
+            (shape["vocab"], "before"),
         ):
-            run = functools.partial(paper_step, device, shape, pool, reps, chunk)
-            _section(results, f"paper_step_U{pool}_chunk{chunk}", run)
+            run = functools.partial(paper_step, device, shape, pool, reps, mode)
+            _section(results, f"paper_step_U{pool}_{mode}", run)
     if "fused_shift" not in args.skip:
         small = FUSED_DRY if args.dry_run else FUSED
         _section(results, "fused_shift", lambda: fused_shift(device, small, reps))
