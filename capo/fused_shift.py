@@ -84,9 +84,19 @@ def _gather_dot_formula(
 
 
 def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The compiled ``formula`` (built once per process; inductor caches the code on disk)."""
+    """The compiled ``formula`` (built once per process; inductor caches the code on disk).
+
+    Without duck sizing: sizes that happen to be equal in the first call (N = k = 16, say) would otherwise
+    share one symbol, and the next call with different sizes would compile the formula again.
+    """
     if name not in _compiled:
-        _compiled[name] = torch.compile(formula, dynamic=True, fullgraph=True)
+        compiled = torch.compile(formula, dynamic=True, fullgraph=True)
+
+        def run(*args: torch.Tensor) -> torch.Tensor:
+            with torch.fx.experimental._config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
+                return compiled(*args)
+
+        _compiled[name] = run
     return _compiled[name]
 
 
