@@ -44,6 +44,8 @@ from projection_step import (
     rows_key,
 )
 
+from capo.shifts import default_chunk_size
+
 
 @dataclass(frozen=True)
 class Target:
@@ -58,6 +60,13 @@ class Target:
     chunk_size: int | None = None
     kernel: str = "fused"
     support_source: str = "forward"
+
+    @property
+    def chunk(self) -> int:
+        """The chunk size a GPU run uses: ``chunk_size``, or the library's CUDA default for these shapes."""
+        return self.chunk_size or default_chunk_size(
+            self.support, self.hidden, torch.float32, "cuda"
+        )
 
     @property
     def rows(self) -> int:
@@ -105,7 +114,7 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
                 n,
                 u,
                 dtype,
-                target.chunk_size,
+                target.chunk,
                 target.kernel,
                 target.support_source,
             )
@@ -141,7 +150,7 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
         else measure_true_kl(target.hidden, target.vocab, 64 if quick else 1024, dtype)
     )
     return {
-        "target": asdict(target) | {"rows_used": target.rows},
+        "target": asdict(target) | {"rows_used": target.rows, "chunk_used": target.chunk},
         "runs": runs,
         "projected": out,
         "true_kl": kl,
@@ -187,7 +196,7 @@ def render(result: dict, hw: Hardware) -> str:
     lines = [
         f"CAPO per GPU at H={t['hidden']} V={t['vocab']} k={t['support']}, {t['micro_batches']} "
         f"micro-batches x {t['tokens_per_micro_batch']} tokens, U = {t['rows_used']} rows, "
-        f"capo_chunk_size = {t['chunk_size']}, capo_shift_kernel = {t.get('kernel', 'plain')}, "
+        f"chunk = {t.get('chunk_used', t['chunk_size'])} tokens, capo_shift_kernel = {t.get('kernel', 'plain')}, "
         f"support from the {t.get('support_source', 'hidden')}",
         f"{'buffer':74s} {'MiB':>10s}  fit resid",
     ]
@@ -245,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens-per-micro-batch", type=int, default=None)
     ap.add_argument("--micro-batches", type=int, default=None)
     ap.add_argument("--unique-rows", type=int, default=None, help="U (default: min(V, n·k))")
-    ap.add_argument("--chunk-size", type=int, default=None, help="capo_chunk_size (default: None)")
+    ap.add_argument(
+        "--chunk-size", type=int, default=None,
+        help="capo_chunk_size (default: None, the library's CUDA default for the target's shapes)",
+    )  # fmt: skip
     ap.add_argument("--kernel", choices=("fused", "plain"), default=None, help="capo_shift_kernel")
     ap.add_argument(
         "--support", choices=("forward", "hidden"), default=None,
