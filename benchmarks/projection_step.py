@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from capo.forward_support import TileSupport, capture_forward_support
 from capo.gradients import last_layer_gradient
 from capo.masking import accept_micro_batch
-from capo.moments import SparseAdamMoments
+from capo.moments import UPDATE_BLOCK_BYTES, SparseAdamMoments
 from capo.moments_sync import allreduce_sparse_rows, global_shifts, merge_rows
 from capo.selection import Thresholds
 from capo.steps import AdamStep
@@ -313,6 +313,7 @@ def measure_step(
     weight = _weight(vocab, hidden, dtype)
     inputs, rows = synthetic_inputs(weight, micro_batches, n, pool, seed=n * 7919 + pool)
     moments = SparseAdamMoments(vocab, hidden)
+    moments.block_bytes = UPDATE_BLOCK_BYTES["cuda"]  # the update's blocks as on the GPU it models
     weight[rows] *= POOL_SCALE
     try:
         two = [tuple(t[:, :2] for t in inputs[0])]  # two tokens of the first micro-batch

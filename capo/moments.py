@@ -17,8 +17,10 @@ import torch
 __all__ = ["SparseAdamMoments"]
 
 
-_BLOCK_BYTES = 4 * 2**20
-"""Size of the row blocks :meth:`SparseAdamMoments.update` works on (cache-sized temporaries)."""
+UPDATE_BLOCK_BYTES = {"cpu": 4 * 2**20, "cuda": 64 * 2**20}
+"""Size of the row blocks :meth:`SparseAdamMoments.update` works on, per device type: cache-sized on a CPU; on
+a GPU larger, since each block costs a dozen kernel launches (at the paper's shape a 4 MiB block means 1,040
+blocks and ~70 ms of launches per step, ``benchmarks/projection.py``). Other devices use the CPU's."""
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -40,7 +42,8 @@ class SparseAdamMoments:
             inputs are computed in float64); an explicit dtype is kept as given. Storage narrower
             than float32 (bf16) is updated and decayed in float32 and written back with stochastic
             rounding (:meth:`_store`), identically on every rank (a fixed-seed generator).
-        device: where the tables live.
+        device: where the tables live (and the update's block size, :data:`UPDATE_BLOCK_BYTES`, kept in
+            the ``block_bytes`` attribute).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class SparseAdamMoments:
             else None
         )
         self.t = 0
+        self.block_bytes = UPDATE_BLOCK_BYTES.get(self.device.type, UPDATE_BLOCK_BYTES["cpu"])
         self._reset(capacity=0)
 
     def _reset(self, capacity: int) -> None:
@@ -279,7 +283,7 @@ class SparseAdamMoments:
             )
         if r > 1 and bool((torch.sort(row_ids).values.diff() == 0).any()):
             raise ValueError(f"row_ids {_shape(row_ids)} must be unique")
-        block = max(1, _BLOCK_BYTES // (8 * self.hidden_size))  # rows per block of temporaries
+        block = max(1, self.block_bytes // (8 * self.hidden_size))  # rows per block of temporaries
         finite = [torch.isfinite(gb).all() for gb in row_grads.split(block)]
         if finite and not bool(torch.stack(finite).all()):  # one host sync, not one per block
             raise ValueError(f"row_grads {_shape(row_grads)} has non-finite entries")

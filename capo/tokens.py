@@ -169,7 +169,9 @@ class TokenBatch:
         """[N] bool, True where the hidden state, the advantage and the support probs are finite."""
         h = self.hidden
         ok = torch.isfinite(self.advantages) & torch.isfinite(self.support_probs).all(dim=1)
-        rows = max(1, 2**20 // max(1, self.hidden_size))  # bounded [rows, H] bool temporaries
+        rows = max(
+            1, 2**24 // max(1, self.hidden_size)
+        )  # bounded [rows, H] temporaries (few kernels)
         for r0 in range(0, self.num_tokens, rows):
             ok[r0 : r0 + rows] &= torch.isfinite(h[r0 : r0 + rows]).all(dim=1)
         return ok
