@@ -39,11 +39,13 @@ from projection_step import (
     MICRO_PHASES,
     STEP_END_PHASES,
     Hardware,
+    measure_moments_update,
     measure_step,
     measure_true_kl,
     rows_key,
 )
 
+from capo.moments import UPDATE_BLOCK_BYTES
 from capo.shifts import default_chunk_size
 
 
@@ -100,6 +102,29 @@ def grid(target: Target, quick: bool) -> list[tuple[int, int]]:
     return [(n, u) for n in (base, 2 * base) for u in pools] + [(3 * base // 2, pools[0] * 2)]
 
 
+def _moments_update_at_target(target: Target, out: dict, reuse: dict | None) -> None:
+    """Replace the fitted moments-update quantities by the update measured at the target's U itself.
+
+    Its live bytes at the start stay the fitted ones (peak − scratch − retained, linear in n and U).
+    """
+    same_rows = reuse is not None and reuse["target"].get("rows_used") == target.rows
+    direct = (reuse or {}).get("moments_update_at_target") if same_rows else None
+    if direct is None:
+        direct = measure_moments_update(
+            target.vocab, target.hidden, target.rows, UPDATE_BLOCK_BYTES["cuda"]
+        )
+    name = "mem.moments_update."
+    start = (
+        out[name + "peak"]["value"]
+        - out[name + "scratch"]["value"]
+        - out[name + "retained"]["value"]
+    )
+    for key, value in direct.items():
+        out[key] = {"value": value, "measured_at_target": True}
+    out[name + "peak"]["value"] += start
+    out["moments_update_at_target"] = direct
+
+
 def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None = None) -> dict:
     """Run the grid (or reuse the runs and true-KL counts of ``reuse``), fit, evaluate at the target."""
     runs = (
@@ -135,6 +160,7 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
             "c_per_row": c,
         }
         out[key]["fit_max_rel_residual"] = resid
+    _moments_update_at_target(target, out, reuse)
     # A peak is the max over phases of linear functions: take the max of the projected phase peaks.
     for peak, phases in (
         ("mem.peak_forward", MICRO_PHASES),
@@ -149,7 +175,9 @@ def project(target: Target, quick: bool, dtype: torch.dtype, reuse: dict | None 
         if reuse
         else measure_true_kl(target.hidden, target.vocab, 64 if quick else 1024, dtype)
     )
+    direct = out.pop("moments_update_at_target")
     return {
+        "moments_update_at_target": direct,
         "target": asdict(target) | {"rows_used": target.rows, "chunk_used": target.chunk},
         "runs": runs,
         "projected": out,

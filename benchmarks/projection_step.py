@@ -39,6 +39,7 @@ __all__ = [
     "MICRO_PHASES",
     "STEP_END_PHASES",
     "Hardware",
+    "measure_moments_update",
     "measure_step",
     "measure_true_kl",
     "rows_key",
@@ -111,8 +112,8 @@ def _phase_quantities(phases: dict[str, list[PhaseTotals]], hw: Hardware) -> dic
         out[f"work.{name}.roofline_s"] = sum(hw.op_seconds(op) for op in ops)
         out[f"work.{name}.kernels"] = float(sum(not op.sync for op in ops))
         out[f"work.{name}.syncs"] = float(sum(op.sync for op in ops))
-    out["mem.peak_forward"] = max(p.peak for n in MICRO_PHASES for p in phases[n])
-    out["mem.peak_step_end"] = max(p.peak for n in STEP_END_PHASES for p in phases[n])
+    out["mem.peak_forward"] = max((p.peak for n in MICRO_PHASES for p in phases[n]), default=0)
+    out["mem.peak_step_end"] = max((p.peak for n in STEP_END_PHASES for p in phases[n]), default=0)
     return out
 
 
@@ -340,3 +341,24 @@ def measure_true_kl(hidden: int, vocab: int, n: int, dtype: torch.dtype) -> dict
         with counter.phase("kl") as kl:
             full_vocab_kl(h, before, None, h, weight, None, TEMPERATURE)
     return {"tokens": float(n), "head_copy": float(copy.retained), "scratch": float(kl.scratch)}
+
+
+def measure_moments_update(
+    vocab: int, hidden: int, rows: int, block_bytes: int
+) -> dict[str, float]:
+    """The moments update measured at U = ``rows`` itself (the first step: the tables grow from 0 to U).
+
+    A GPU's update blocks (``block_bytes``) hold more rows than the grid's U, so a fit over the grid
+    would extrapolate one block's temporaries and kernels linearly in U. The gradient and its rows
+    exist before (uncounted); the returned peak is above the phase's start.
+    """
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randperm(vocab, generator=g)[:rows].sort().values
+    grad = torch.randn(rows, hidden, generator=g).mul_(1e-3)
+    moments = SparseAdamMoments(vocab, hidden)
+    moments.block_bytes = block_bytes
+    with OpCounter() as counter:
+        with counter.phase("moments_update"):
+            moments.update(ids, grad)
+    quantities = _phase_quantities(counter.phases, Hardware())
+    return {k: v for k, v in quantities.items() if ".moments_update." in k}
