@@ -44,7 +44,7 @@ passes run 1.5-3x faster than on blocks streamed from DRAM (``benchmarks/run.py`
 DEVICE_CHUNK_BYTES = {"cuda": 512 * 2**20}
 """Budgets of other devices. On a GPU a cache-sized chunk buys nothing and every chunk costs a dozen kernel
 launches (5 µs each): at the paper's shape the CPU budget means 5-token chunks and ~0.8 s of launches per step
-(``benchmarks/projection.py``), this one ~180-token chunks."""
+(``benchmarks/projection.py``), this one 187-token chunks."""
 
 _LIVE_BLOCKS = 4
 """How many [C, k, H] blocks are alive at once (gradient block, m', v' / step block, slack)."""
