@@ -21,10 +21,10 @@ one compilation per dtype combination serves every N, k, H and table size.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
@@ -53,6 +53,7 @@ to the largest entry (float64 vs float32 compute); a larger difference disables 
 _SELF_CHECK_TOKENS = 16
 _verified: dict[tuple, bool] = {}
 _compiled: dict[str, Callable[..., torch.Tensor]] = {}
+_warned: set[str] = set()
 
 
 def _adam_token_formula(
@@ -100,49 +101,43 @@ def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., to
     return _compiled[name]
 
 
-def _small(*sizes: int) -> bool:
-    """Sizes 0 and 1 are specialised by the compiler: such calls run the formula eagerly (it is tiny)."""
-    return min(sizes) < 2
+def _fused_op(
+    name: str,
+    formula: Callable[..., torch.Tensor],
+    schema: str,
+    sizes: Callable[..., tuple[int, ...]],
+    result: Callable[..., torch.Tensor],
+) -> None:
+    """Register ``formula`` as the custom op ``capo::name``: compiled, or eager where a size is below 2.
+
+    Sizes 0 and 1 are specialised by the compiler; calls with such a size run the (tiny) formula eagerly.
+    ``result(*args)`` is an empty tensor of the op's result shape and dtype (for tracing).
+    """
+
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        if min(sizes(*args)) < 2:
+            return formula(*args)
+        return _kernel(name, formula)(*args)
+
+    op = torch.library.custom_op(f"capo::{name}", run, mutates_args=(), schema=schema)
+    op.register_fake(result)
 
 
-@torch.library.custom_op("capo::adam_token_directions", mutates_args=())
-def _adam_op(
-    m_table: torch.Tensor,
-    v_table: torch.Tensor,
-    slots: torch.Tensor,
-    decay1: torch.Tensor,
-    decay2: torch.Tensor,
-    coef1: torch.Tensor,
-    coef2: torch.Tensor,
-    hidden: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    eps_t = torch.tensor(eps, dtype=coef1.dtype, device=hidden.device)
-    args = (m_table, v_table, slots, decay1, decay2, coef1, coef2, hidden, eps_t)
-    n, k = slots.shape
-    if _small(n, k, hidden.shape[1], m_table.shape[0]):
-        return _adam_token_formula(*args)
-    return _kernel("adam", _adam_token_formula)(*args)
-
-
-@_adam_op.register_fake
-def _(m_table, v_table, slots, decay1, decay2, coef1, coef2, hidden, eps):
-    return coef1.new_empty(slots.shape)
-
-
-@torch.library.custom_op("capo::gather_dot", mutates_args=())
-def _gather_dot_op(
-    rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor
-) -> torch.Tensor:
-    n, k = index.shape
-    if _small(n, k, hidden.shape[1], rows.shape[0], hidden.shape[0]):
-        return _gather_dot_formula(rows, index, hidden, tokens)
-    return _kernel("gather_dot", _gather_dot_formula)(rows, index, hidden, tokens)
-
-
-@_gather_dot_op.register_fake
-def _(rows, index, hidden, tokens):
-    return rows.new_empty(index.shape)
+_fused_op(
+    "adam_token_directions",
+    _adam_token_formula,
+    "(Tensor m_table, Tensor v_table, Tensor slots, Tensor decay1, Tensor decay2, Tensor coef1, "
+    "Tensor coef2, Tensor hidden, Tensor eps) -> Tensor",
+    sizes=lambda m, v, slots, d1, d2, c1, c2, h, eps: (*slots.shape, h.shape[1], m.shape[0]),
+    result=lambda m, v, slots, d1, d2, c1, c2, h, eps: c1.new_empty(slots.shape),
+)
+_fused_op(
+    "gather_dot",
+    _gather_dot_formula,
+    "(Tensor rows, Tensor index, Tensor hidden, Tensor tokens) -> Tensor",
+    sizes=lambda rows, index, hidden, tokens: (*index.shape, *hidden.shape, rows.shape[0]),
+    result=lambda rows, index, hidden, tokens: rows.new_empty(index.shape),
+)
 
 
 def adam_token_directions(
@@ -175,7 +170,7 @@ def adam_token_directions(
         coef * (1.0 - b1),
         coef.square() * (1.0 - b2),
         hidden,
-        mom.eps * sq_bc2,
+        coef.new_full((), mom.eps * sq_bc2),  # a tensor: a new ε per step compiles nothing new
     )
     return out.mul_(step.lr * sq_bc2 / (1.0 - b1**t1))
 
@@ -209,11 +204,17 @@ def _plain_row_dots(
 
 def _unavailable(device: torch.device) -> str | None:
     """Why torch.compile cannot build the fused kernels for ``device``, or None."""
-    if device.type == "cuda":
+    return _unavailable_on(device.type)
+
+
+@functools.cache
+def _unavailable_on(device_type: str) -> str | None:
+    """:func:`_unavailable` for a device type, looked up once per process."""
+    if device_type == "cuda":
         from torch.utils._triton import has_triton
 
         return None if has_triton() else "Triton is not installed"
-    if device.type == "cpu":
+    if device_type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -221,7 +222,7 @@ def _unavailable(device: torch.device) -> str | None:
         except Exception as err:  # any failure means: no compiler
             return f"no C++ compiler for torch.compile ({type(err).__name__})"
         return None
-    return f"torch.compile's inductor does not target {device.type}"
+    return f"torch.compile's inductor does not target {device_type}"
 
 
 def check_kernel(kernel: str, device: torch.device | None = None) -> str:
@@ -255,9 +256,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, stacklevel=3)
-
-
-_warned: set[str] = set()
 
 
 def _self_check(kernel: str, key: tuple, got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -337,7 +335,7 @@ def row_dots(
     The subset level's and the global shift's v_i = Δ[S_i] h_i, with Δ given on R rows (arguments as
     :func:`gather_dot`; ``chunk`` tokens per gathered block on the plain path).
     """
-    plain = partial(_plain_row_dots, chunk=max(1, chunk))
+    plain = functools.partial(_plain_row_dots, chunk=max(1, chunk))
     if use_fused(kernel, hidden.device):
         fused = _checked(
             kernel,
