@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocations import OpCounter
-from projection_step import POOL_SCALE, run_step, synthetic_inputs
+from projection_step import POOL_SCALE, run_step, synthetic_inputs, trl_lm_head
 
 import capo
 from capo.gradients import last_layer_gradient
@@ -162,20 +162,14 @@ def _peak_extra(device: torch.device, run: Callable[[], object]) -> int:
 
 def _lm_head(device: torch.device, weight: torch.Tensor, inputs: list[tuple]) -> tuple[float, int]:
     """Time and peak memory of TRL's fused LM head alone on the micro-batches (the policy forward's)."""
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
     def heads() -> None:
-        with torch.no_grad():
-            for hidden, ids, _, _ in inputs:
-                ChunkedLogProbFunction.apply(
-                    hidden[0], weight, None, ids[0], 0.9, _CHUNKED_LOGPROB_CHUNK_SIZE
-                )
+        for x in inputs:
+            trl_lm_head(weight, x)
 
     heads()
-    return statistics.median(_timed_step(device, heads) for _ in range(3)), _peak_extra(
-        device, heads
-    )
+    seconds = statistics.median(_timed_step(device, heads) for _ in range(3))
+    return seconds, _peak_extra(device, heads)
 
 
 def paper_step(

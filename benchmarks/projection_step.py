@@ -45,6 +45,7 @@ __all__ = [
     "rows_key",
     "run_step",
     "synthetic_inputs",
+    "trl_lm_head",
 ]
 
 LR = 1.5e-5
@@ -147,25 +148,29 @@ def _counted_folds(counter: OpCounter | None, phase: Phase) -> Iterator[None]:
         TileSupport.observe = observe  # type: ignore[method-assign]
 
 
+@torch.no_grad()
+def trl_lm_head(weight: torch.Tensor, inputs: tuple) -> torch.Tensor:
+    """[n] log-probs of one micro-batch's tokens from TRL's fused LM head (the policy forward's own work)."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    hidden, ids, _, _ = inputs
+    return ChunkedLogProbFunction.apply(
+        hidden[0], weight, None, ids[0].to(hidden.device), TEMPERATURE, _CHUNKED_LOGPROB_CHUNK_SIZE
+    )[0]
+
+
 def forward_support(
     phase: Phase, counter: OpCounter | None, weight: torch.Tensor, inputs: tuple, k: int
 ) -> Support | None:
     """The micro-batch's support as in training: TRL's fused LM head, CAPO's fold of its tiles."""
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
-
-    hidden, ids, valid, _ = inputs
-    dev = hidden.device
-    seq = torch.cat(
-        [torch.zeros_like(ids[:, :1]), ids], dim=1
-    )  # one prompt token, then the completion
+    _, ids, valid, _ = inputs
+    seq = torch.cat([torch.zeros_like(ids[:, :1]), ids], dim=1)  # one prompt token, the completion
     tiles = TileSupport(
         seq, torch.ones_like(seq), ids.shape[1], valid, k, TEMPERATURE, weight.shape[0]
     )
-    with capture_forward_support(tiles), _counted_folds(counter, phase), torch.no_grad():
-        logps = ChunkedLogProbFunction.apply(
-            hidden[0], weight, None, ids[0].to(dev), TEMPERATURE, _CHUNKED_LOGPROB_CHUNK_SIZE
-        )[0]
+    with capture_forward_support(tiles), _counted_folds(counter, phase):
+        logps = trl_lm_head(weight, inputs)
     with phase("support"):
         return tiles.support(logps[None])
 

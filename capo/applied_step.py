@@ -115,18 +115,15 @@ class AppliedStep:
 
     def _stepped(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(param group index, tensor) of each tensor the step moved (under ZeRO: this rank's master partitions)."""
-        if (
-            self.stage3
-        ):  # ZeRO-3's sub-group partitions are lent to their param group only during its step
+        # ZeRO-3's sub-group partitions are lent to their param group only during its step.
+        if self.stage3:
             zero = self.zero
             for i, flat in enumerate(zero.fp32_partitioned_groups_flat):
                 yield zero.sub_group_to_group_id[i], flat
             return
         for i, group in enumerate(self.optimizer.param_groups):
             for p in group["params"]:
-                if (
-                    self.zero is not None or p.grad is not None
-                ):  # torch skips a tensor with no gradient
+                if self.zero is not None or p.grad is not None:  # torch skips a gradless tensor
                     yield i, p
 
     @torch.no_grad()

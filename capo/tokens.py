@@ -169,9 +169,8 @@ class TokenBatch:
         """[N] bool, True where the hidden state, the advantage and the support probs are finite."""
         h = self.hidden
         ok = torch.isfinite(self.advantages) & torch.isfinite(self.support_probs).all(dim=1)
-        rows = max(
-            1, 2**24 // max(1, self.hidden_size)
-        )  # bounded [rows, H] temporaries (few kernels)
+        # Bounded [rows, H] temporaries, in blocks large enough for few kernel launches on a GPU.
+        rows = max(1, 2**24 // max(1, self.hidden_size))
         for r0 in range(0, self.num_tokens, rows):
             ok[r0 : r0 + rows] &= torch.isfinite(h[r0 : r0 + rows]).all(dim=1)
         return ok

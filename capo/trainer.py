@@ -6,7 +6,8 @@ Built on TRL 1.16 (``trl>=1.16,<1.17``); no TRL code is copied. Overridden metho
   ``_compute_loss`` opens), a forward hook on the backbone captures ``last_hidden_state`` of the one policy
   forward TRL already runs (its fused LM head returns no hidden states, see
   :mod:`capo.hidden_capture`) and the top-k support is folded from its own logit tiles
-  (:mod:`capo.forward_support`: no second LM head); the shifts and acceptance mask follow under no_grad, :meth:`CAPOTrainer.token_mask` (the public seam) may replace the mask, the step
+  (:mod:`capo.forward_support`: no second LM head); the shifts and acceptance mask follow under no_grad,
+  :meth:`CAPOTrainer.token_mask` (the public seam) may replace the mask, the step
   (:class:`capo.optimizer_step.CAPOStep`) files the micro-batch, and the log-probabilities are returned as ``logp.detach() + c ⊙ (logp − logp.detach())``.
   Values are unchanged, gradients are exactly those of the masked loss (:mod:`capo.masking`). This
   is the one place where both the hidden states and the differentiable log-probabilities exist, so
