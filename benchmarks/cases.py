@@ -28,8 +28,11 @@ THRESH = capo.Thresholds(hessian_low=-1e-2, hessian_high=1e-2, fisher_max=1e-4)
 # ----------------------------------------------------------------------------- cases
 
 
-def make_case(N: int, k: int, H: int, V: int, seed: int = 0, warm_updates: int = 2) -> dict:
-    """Random float32 tokens, an output weight, and Adam moments after ``warm_updates`` steps."""
+def make_case(
+    N: int, k: int, H: int, V: int, seed: int = 0, warm_updates: int = 2, weight: bool = True
+) -> dict:
+    """Random float32 tokens, an output weight (None without ``weight``), and Adam moments after
+    ``warm_updates`` steps of V / 2 rows."""
     g = torch.Generator().manual_seed(seed)
     offsets = torch.randperm(V, generator=g)[:k]
     base = torch.randint(0, V, (N, 1), generator=g)
@@ -46,12 +49,12 @@ def make_case(N: int, k: int, H: int, V: int, seed: int = 0, warm_updates: int =
     for _ in range(warm_updates):
         rows = torch.randperm(V, generator=g)[: max(1, V // 2)]
         mom.update(rows.sort().values, 1e-2 * torch.randn(rows.numel(), H, generator=g))
-    weight = torch.randn(V, H, generator=g) / math.sqrt(H)
+    w = torch.randn(V, H, generator=g) / math.sqrt(H) if weight else None
     sampled = torch.randint(0, V, (N,), generator=g)
     return {
         "batch": batch,
         "mom": mom,
-        "weight": weight,
+        "weight": w,
         "sampled": sampled,
         "shape": {"N": N, "k": k, "H": H, "V": V},
     }

@@ -47,7 +47,10 @@ CACHED_V = 64
 
 def fused_comparison(shape: dict, reps: int) -> dict:
     """Medians (s) of plain, fused, fused_cached and read at ``shape``; compile time, recompiles, error."""
-    case, small = make_case(**shape), make_case(**{**shape, "V": CACHED_V})
+    case, small = (
+        make_case(**shape, weight=False),
+        make_case(**shape | {"V": CACHED_V}, weight=False),
+    )
     batch, adam = case["batch"], capo.AdamStep(LR, case["mom"])
     small_batch, small_adam = small["batch"], capo.AdamStep(LR, small["mom"])
     n_values = 2 * shape["N"] * shape["k"] * shape["H"]

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocations import OpCounter
+from cases import make_case
 from projection_step import POOL_SCALE, run_step, synthetic_inputs, trl_lm_head
 
 import capo
@@ -216,26 +217,28 @@ def paper_step(
 
 def _shift_inputs(
     device: torch.device, n: int, k: int, hidden: int, vocab: int
-) -> tuple[capo.TokenBatch, capo.SparseAdamMoments]:
-    """A float32 token batch (bf16-rounded hidden states) and moments after two updates of V / 2 rows."""
-    g = torch.Generator(device=device).manual_seed(0)
-    h = torch.randn(n, hidden, generator=g, device=device).to(torch.bfloat16).float()
-    offsets = torch.randperm(vocab, generator=g, device=device)[:k]  # distinct ids within a row
-    ids = (torch.randint(0, vocab, (n, 1), generator=g, device=device) + offsets) % vocab
-    probs = torch.softmax(2 * torch.randn(n, k, generator=g, device=device), dim=1)
-    batch = capo.TokenBatch(hidden=h, support_ids=ids, support_probs=probs,
-                            action_index=torch.randint(0, k, (n,), generator=g, device=device),
-                            advantages=torch.randn(n, generator=g, device=device))  # fmt: skip
+) -> tuple[capo.TokenBatch, capo.SparseAdamMoments, capo.SparseAdamMoments]:
+    """The benchmarks' random case (:func:`cases.make_case`) on ``device``, hidden states rounded to bf16:
+    (float32 token batch, its moments there, the same moments in float64 on the CPU)."""
+    case = make_case(n, k, hidden, vocab, weight=False)
+    b = case["batch"]
+    batch = capo.TokenBatch(
+        hidden=b.hidden.to(torch.bfloat16).float().to(device), support_ids=b.support_ids.to(device),
+        support_probs=b.support_probs.to(device), action_index=b.action_index.to(device),
+        advantages=b.advantages.to(device),
+    )  # fmt: skip
     moments = capo.SparseAdamMoments(vocab, hidden, device=device)
-    for _ in range(2):
-        rows = torch.randperm(vocab, generator=g, device=device)[: vocab // 2].sort().values
-        moments.update(rows, 1e-2 * torch.randn(rows.numel(), hidden, generator=g, device=device))
-    return batch, moments
+    reference = capo.SparseAdamMoments(vocab, hidden, dtype=torch.float64)
+    for mom in (moments, reference):
+        mom.load_state_dict(case["mom"].state_dict())
+    return batch, moments, reference
 
 
 def fused_shift(device: torch.device, shape: dict[str, int], reps: int) -> dict[str, Any]:
     """Section 3 (module docstring): the fused token-level Adam shift against the plain path."""
-    batch, moments = _shift_inputs(device, shape["n"], shape["k"], shape["hidden"], shape["vocab"])
+    batch, moments, cpu = _shift_inputs(
+        device, shape["n"], shape["k"], shape["hidden"], shape["vocab"]
+    )
     step = capo.AdamStep(1e-3, moments)
     runs = {kernel: functools.partial(capo.directional_shifts, batch, step, kernel=kernel)
             for kernel in ("fused", "plain")}  # fmt: skip
@@ -246,8 +249,6 @@ def fused_shift(device: torch.device, shape: dict[str, int], reps: int) -> dict[
             times[kernel].append(_timed_step(device, run))
     fused, plain = runs["fused"](), runs["plain"]()
     r = shape["ref_tokens"]
-    cpu = capo.SparseAdamMoments(shape["vocab"], shape["hidden"], dtype=torch.float64)
-    cpu.load_state_dict(moments.state_dict())
     ref_batch = capo.TokenBatch(
         hidden=batch.hidden[:r].double().cpu(), support_ids=batch.support_ids[:r].cpu(),
         support_probs=batch.support_probs[:r].double().cpu(),

@@ -122,9 +122,8 @@ class _Block:
         self.target_z: torch.Tensor | None = None  # [M] z of the label
         self.targets: torch.Tensor | None = None  # [M] TRL's labels
         self.seen: torch.Tensor | None = None  # [M] bool: the label's column was folded
-        self.lse: torch.Tensor | None = (
-            None  # [M] logsumexp of z, float64 tiles only (TRL's is float32)
-        )
+        # [M] logsumexp of z, float64 tiles only (TRL's is float32)
+        self.lse: torch.Tensor | None = None
 
     def fold(
         self, tile: torch.Tensor, targets: torch.Tensor, start: int, k: int, tau: float
