@@ -160,7 +160,9 @@ def adam_token_directions(
     dt = coef.dtype
     n, k = ids.shape
     slots, d1, d2 = mom.lookup(ids.reshape(-1), check=False)
-    m_table, v_table = mom.tables(min_rows=2)
+    m_table, v_table = mom.tables(
+        min_rows=2
+    )  # ≥ 2 rows: the compiled kernel serves the first steps too
     out = torch.ops.capo.adam_token_directions(
         m_table,
         v_table,
