@@ -23,13 +23,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from capo_app.experiments.race_run import RaceArm, RaceSetup, run_race
+from capo_app.experiments.race_run import RaceArm, RaceSetup, run_race, saved_fields
 
 __all__ = ["ARMS", "FULL", "QUICK", "RaceConfig", "delta_from_tuning", "main"]
 
@@ -109,7 +109,11 @@ class Store:
         return self.folder / f"{name}-{seed}.json"
 
     def settings(self, arm: RaceArm, rates: Sequence[float] | None) -> dict[str, Any]:
-        data = {"setup": asdict(self.setup), "arm": asdict(arm), "rates": rates}
+        """What a saved run must have been trained with.
+
+        Fields added later are left out while None, so that runs saved before they existed still match.
+        """
+        data = {"setup": saved_fields(self.setup), "arm": saved_fields(arm), "rates": rates}
         return dict(json.loads(json.dumps(data)))
 
     def load(self, arm: RaceArm, seed: int, rates: Sequence[float] | None = None) -> Any:

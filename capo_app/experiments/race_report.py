@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from capo_app.experiments.race_run import TEST_SEED, RaceSetup, arm_lr, completions_per_step
+from capo_app.experiments.race_run import (
+    TEST_SEED,
+    RaceSetup,
+    arm_lr,
+    completions_per_step,
+    saved_fields,
+)
 from capo_app.experiments.race_verdict import (
     CRITERIA,
     completions_to,
@@ -124,7 +129,7 @@ def results(collected: dict[str, Any]) -> dict[str, Any]:
                 "name": name,
                 "kind": kinds[name],
                 "label": LABELS[kinds[name]],
-                "arm": asdict(arms[name]),
+                "arm": saved_fields(arms[name]),
                 "summary": verdict["arms"][name],
                 "seeds": [
                     {

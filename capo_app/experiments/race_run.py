@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from capo import metrics
+from capo.selection import Thresholds
 from capo_app.data.synthetic import HELD_OUT_SEED
 from capo_app.experiments.arms import QUIET_RUN, random_keep
 
-__all__ = ["RaceArm", "RaceSetup", "random_reject", "run_race"]
+__all__ = ["RaceArm", "RaceSetup", "random_reject", "run_race", "saved_fields"]
 
 TEST_SEED = HELD_OUT_SEED
 """The held-out set's seed: one fixed set of problems for every training seed and arm."""
@@ -53,6 +54,8 @@ class RaceSetup:
         temperature: Training (and evaluation) temperature.
         max_completion_length: Completion cap, training and evaluation.
         tiny_cache_dir: The embedded model's cache (None: the default).
+        stop_at: Stop training after this many optimizer steps, the learning-rate schedule still the full
+            run's (tuning runs: the first part of an evaluation run); None: run every step.
     """
 
     lr: float = 2e-4
@@ -69,6 +72,7 @@ class RaceSetup:
     temperature: float = 0.9
     max_completion_length: int = 40
     tiny_cache_dir: str | None = None
+    stop_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class RaceArm:
         kl_delta: δ of a ``kl_cap`` / ``kl_target`` arm (nats per step).
         s_max: The largest lr factor of a ``kl_target`` arm.
         control_of: A ``random`` arm copies this ``capo`` arm's realised per-step rate.
+        thresholds: A ``capo`` arm's (δ_H^low, δ_H^high, δ_F) of eq 11 (None: the paper's).
     """
 
     name: str
@@ -90,11 +95,21 @@ class RaceArm:
     kl_delta: float | None = None
     s_max: float | None = None
     control_of: str | None = None
+    thresholds: tuple[float | None, float | None, float | None] | None = None
 
     @property
     def conservative(self) -> bool:
         """Whether the arm uses the conservative batch and lr."""
         return self.kind == "conservative"
+
+
+ADDED_LATER = ("stop_at", "thresholds")
+"""Setup and arm fields added after the race's runs were saved (race 2's tuning)."""
+
+
+def saved_fields(value: Any) -> dict[str, Any]:
+    """``asdict(value)`` less the :data:`ADDED_LATER` fields left at None."""
+    return {k: v for k, v in asdict(value).items() if not (k in ADDED_LATER and v is None)}
 
 
 def arm_lr(setup: RaceSetup, arm: RaceArm) -> float:
@@ -112,7 +127,10 @@ def completions_per_step(setup: RaceSetup, arm: RaceArm) -> int:
 def eval_steps(setup: RaceSetup, arm: RaceArm) -> list[int]:
     """The steps at which the arm is evaluated (0 first, the last step last)."""
     steps = setup.conservative_steps if arm.conservative else setup.aggressive_steps
-    return sorted({0, *(round(steps * (i + 1) / setup.evals) for i in range(setup.evals))})
+    at = {0, *(round(steps * (i + 1) / setup.evals) for i in range(setup.evals))}
+    if setup.stop_at is not None:
+        at = {s for s in at if s <= setup.stop_at} | {min(setup.stop_at, steps)}
+    return sorted(at)
 
 
 def random_reject(
@@ -148,6 +166,8 @@ def _overrides(setup: RaceSetup, arm: RaceArm, seed: int, out: Path) -> dict[str
         )
     if arm.control_of is not None:  # the seam runs where the curvature model does
         values["capo_track_shifts"] = True
+    if arm.thresholds is not None:
+        values.update(Thresholds(*arm.thresholds).as_dict())
     if arm.kind == "kl_target":
         values.update(capo_kl_mode="target", capo_kl_max_scale=arm.s_max)
     if setup.tiny_cache_dir is not None:
@@ -242,9 +262,13 @@ def run_race(
         )  # fmt: skip
         evals.append({"step": step, "completions": step * per_step, **score.to_json()})
 
+    last = at[-1]
+
     class Evaluate(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step in at and state.global_step < state.max_steps:
+            if state.global_step >= last:  # a tuning run's stop (the schedule stays the full run's)
+                control.should_training_stop = True
+            elif state.global_step in at:
                 measure(state.global_step)
 
     trainer.add_callback(Evaluate())

@@ -1,0 +1,327 @@
+"""Race 2, tuning: ``python -m capo_app.experiments.race2 [--worker] [--report-only] [--quick] [--out DIR]``.
+
+The race (docs/race) ran its aggressive arms at 1 prompt per step, below this task's noise floor. Race 2
+holds the batch: every aggressive arm trains on conservative GRPO's 12 prompts × G = 8 = 96 completions per
+step at 5× its learning rate (1e-3), so that a collapse comes from the step's size, not from a noisy
+direction. Conservative GRPO is the race's own (its five evaluation runs and target are reused).
+
+This module runs the tuning stage, on seeds 1000 and 1001 (disjoint from the evaluation seeds 1-5), and
+writes the choice before any evaluation run:
+
+- a pre-pilot: GRPO (A) at lr 5e-4 and 1e-3 (does the paper's learn-then-collapse shape appear?);
+- CAPO (A) over δ_F ∈ {1e-4, 1e-5, 1e-6, 1e-7} × δ_H ∈ {1e-2, 1e-3, off} (the band −δ_H < m_H < δ_H);
+- the KL cap and δ-driven steps (``target``) over δ ∈ {½, 1, 2, 4} × conservative GRPO's median per-step true
+  KL while its learning rate is at least half its peak (:func:`kl_basis`, from the race's tuning runs).
+
+Every tuning run is the first :data:`TUNING_STEPS` steps of an evaluation run (same 300-step schedule), with
+held-out sampled accuracy every 25 steps. The rule (:func:`choose`, fixed before any run): per family, the
+configuration with the highest mean over the tuning seeds of the held-out sampled accuracy at the last
+tuning step; ties go to the earlier configuration in grid order (the paper's thresholds and δ × 1 first).
+
+Runs are saved to ``<out>/raw/<name>-<seed>.json`` when they end and reused, so tuning resumes run by run
+across sessions; ``--worker`` lets two processes share the job list (a lock file per run).
+``--report-only`` rewrites ``tuning.md`` and ``tuning.json`` from the saved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capo_app.experiments.race import FULL as RACE
+from capo_app.experiments.race import Store
+from capo_app.experiments.race_run import RaceArm, RaceSetup, arm_lr
+
+__all__ = [
+    "FISHER_GRID",
+    "HESSIAN_GRID",
+    "KL_FACTORS",
+    "SETUP",
+    "TUNING_STEPS",
+    "choose",
+    "kl_basis",
+    "main",
+    "tuning_arms",
+]
+
+SETUP = replace(RACE.setup, batch_ratio=1)
+"""The regime: the race's, with the aggressive arms at conservative GRPO's batch (96 completions/step)."""
+TUNING_STEPS = 100
+"""A tuning run is an evaluation run's first 100 steps."""
+TUNING_SETUP = replace(SETUP, stop_at=TUNING_STEPS, evals=12)  # every 25 of 300 steps
+"""Tuning runs: stopped at step 100, evaluated every 25 steps."""
+TUNING_SEEDS = (1000, 1001)
+PRE_PILOT_LR_SCALES = (0.5, 1.0)
+"""GRPO (A) at lr 5e-4 and 1e-3."""
+FISHER_GRID = (1e-4, 1e-5, 1e-6, 1e-7)
+"""δ_F of CAPO's tuning grid (the paper's 1e-4 first)."""
+HESSIAN_GRID: tuple[float | None, ...] = (1e-2, 1e-3, None)
+"""δ_H of CAPO's tuning grid: the band −δ_H < m_H < δ_H, or off (the paper's 1e-2 first)."""
+KL_FACTORS = (1.0, 0.5, 2.0, 4.0)
+"""δ of the KL arms, × :func:`kl_basis` (× 1 first)."""
+S_MAX = 10.0
+"""The largest lr factor of the δ-driven arm (as in the race)."""
+
+FAMILIES = ("grpo_a", "capo", "kl_cap", "kl_target")
+
+
+def kl_basis(conservative: Sequence[dict[str, Any]], setup: RaceSetup = SETUP) -> float:
+    """The median per-step true KL of conservative GRPO over the steps whose lr is ≥ half its peak.
+
+    The race's δ was a whole-run median, which the cosine tail pulls down; this one is the KL of the steps
+    that move at the learning rates the aggressive arms are compared at.
+    """
+    high = _high_lr_steps(setup)
+    kl = [
+        v
+        for rec in conservative
+        for step, v in enumerate(rec["true_kl"], start=1)
+        if step in high and v is not None and np.isfinite(v) and v > 0
+    ]
+    if not kl:
+        raise ValueError("the conservative runs logged no true KL at high learning rate")
+    return float(np.median(kl))
+
+
+def _high_lr_steps(setup: RaceSetup) -> set[int]:
+    """Optimizer steps (1-based) whose scheduled lr is ≥ half the peak, from the recipe's own scheduler."""
+    import torch
+    from transformers import get_scheduler
+
+    from capo_app.recipe import parse_recipe
+
+    steps = setup.conservative_steps
+    _, config, _ = parse_recipe(
+        ["--method", "grpo"], overrides={"max_steps": steps, "output_dir": "-"}
+    )
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = get_scheduler(
+        config.lr_scheduler_type, opt, config.get_warmup_steps(steps), steps,
+        scheduler_specific_kwargs=config.lr_scheduler_kwargs or {},
+    )  # fmt: skip
+    high = set()
+    for step in range(1, steps + 1):  # the lr of step t is the schedule's value after t - 1 updates
+        if sched.get_last_lr()[0] >= 0.5:
+            high.add(step)
+        opt.step()
+        sched.step()
+    return high
+
+
+def _num(x: float | None) -> str:
+    return "off" if x is None else f"{x:.0e}"
+
+
+def tuning_arms(basis: float | None) -> list[tuple[str, RaceArm]]:
+    """(family, arm) in run order: the pre-pilot, then the grids interleaved (KL arms once δ is known)."""
+    pilot = [
+        ("grpo_a", RaceArm(f"tune-grpo_a-lr{s:g}", "grpo_a" if s == 1 else "lower_lr", lr_scale=s))
+        for s in PRE_PILOT_LR_SCALES
+    ]
+    capo = [
+        ("capo", RaceArm(f"tune-capo-F{_num(f)}-H{_num(h)}", "capo",
+                         thresholds=(None if h is None else -h, h, f)))
+        for h in HESSIAN_GRID for f in FISHER_GRID
+    ]  # fmt: skip
+    kl: list[list[tuple[str, RaceArm]]] = [[] for _ in KL_FACTORS]
+    if basis is not None:
+        for i, f in enumerate(KL_FACTORS):
+            kl[i] = [
+                ("kl_cap", RaceArm(f"tune-kl_cap-x{f:g}", "kl_cap", kl_delta=f * basis)),
+                ("kl_target", RaceArm(f"tune-kl_target-x{f:g}", "kl_target", kl_delta=f * basis,
+                                      s_max=S_MAX)),
+            ]  # fmt: skip
+    order = list(pilot)
+    for i, arm in enumerate(capo):
+        order.append(arm)
+        if i % 3 == 2 and i // 3 < len(kl):
+            order.extend(kl[i // 3])
+    return order
+
+
+def choose(
+    runs: dict[str, list[dict[str, Any]]], arms: Sequence[tuple[str, RaceArm]]
+) -> dict[str, Any]:
+    """Per family, the arm with the best mean held-out sampled accuracy at the last tuning step.
+
+    Only arms with every tuning seed done compete; a family is chosen only once all its arms are done.
+    Ties go to the earlier arm in grid order.
+    """
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        members = [a for f, a in arms if f == family]
+        if not members:
+            continue
+        scored = {a.name: _tuning_score(runs.get(a.name, [])) for a in members}
+        done = all(v is not None for v in scored.values())
+        best = None
+        for a in members:
+            v = scored[a.name]
+            if v is not None and (best is None or v > scored[best]):
+                best = a.name
+        out[family] = {"complete": done, "best": best, "scores": scored}
+    return out
+
+
+def _tuning_score(records: Sequence[dict[str, Any]]) -> float | None:
+    """Mean over the tuning seeds of the sampled accuracy at step TUNING_STEPS (None until all are done)."""
+    at = [e["sampled"] for r in records for e in r["evals"] if e["step"] == TUNING_STEPS]
+    return float(np.mean(at)) if len(at) == len(TUNING_SEEDS) else None
+
+
+def run_tuning(out: Path, setup: RaceSetup, seeds: Sequence[int], say: Callable[[str], None],
+               worker: bool) -> None:  # fmt: skip
+    """Every tuning job not yet saved; a worker waits for jobs another process holds."""
+    store = Store(out, setup)
+    while True:
+        todo = [(a, s) for _, a in tuning_arms(_basis_or_none()) for s in seeds]
+        todo = [(a, s) for a, s in todo if store.load(a, s) is None]
+        if not todo:
+            return
+        ran = False
+        for arm, seed in todo:
+            if store.run(arm, seed, None, say) is not None:
+                ran = True
+                break
+        if not ran:
+            if not worker:
+                raise RuntimeError(
+                    "every job left is locked by another process; rerun when they end"
+                )
+            time.sleep(20)
+
+
+def _basis_or_none() -> float | None:
+    conservative = _race_conservative()
+    return kl_basis(conservative) if conservative else None
+
+
+def _race_conservative() -> list[dict[str, Any]]:
+    """The race's conservative tuning runs (seeds 1000, 1001), reused as race 2's conservative arm."""
+    raw = Path(__file__).resolve().parents[2] / "docs" / "race" / "raw"
+    paths = [raw / f"tune-conservative-{s}.json" for s in RACE.tuning_seeds]
+    return [json.loads(p.read_text()) for p in paths if p.exists()]
+
+
+def collect(out: Path, seeds: Sequence[int]) -> dict[str, Any]:
+    """The saved tuning runs and the choice (whatever is done)."""
+    basis = _basis_or_none()
+    arms = tuning_arms(basis)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _, arm in arms:
+        recs = [
+            json.loads(p.read_text())
+            for s in seeds
+            if (p := out / "raw" / f"{arm.name}-{s}.json").exists()
+        ]
+        if recs:
+            runs[arm.name] = recs
+    return {"kl_basis": basis, "arms": arms, "runs": runs, "choice": choose(runs, arms)}
+
+
+def write_tuning_report(collected: dict[str, Any], out: Path, setup: RaceSetup) -> Path:
+    """``tuning.json`` (grid, runs' curves, choice) and ``tuning.md`` from the saved runs."""
+    arms, runs = collected["arms"], collected["runs"]
+    rows = []
+    for family, arm in arms:
+        for rec in runs.get(arm.name, []):
+            rows.append({
+                "family": family, "arm": asdict(arm), "seed": rec["seed"], "lr": arm_lr(setup, arm),
+                "evals": [{"step": e["step"], "sampled": e["sampled"], "greedy": e["greedy"]} for e in rec["evals"]],
+                "median_rejection": _median(rec["rejection"]),
+                "median_true_kl": _median(rec["true_kl"]),
+                "seconds": rec["seconds"],
+            })  # fmt: skip
+    data = {"setup": asdict(setup), "kl_basis": collected["kl_basis"], "runs": rows,
+            "choice": collected["choice"]}  # fmt: skip
+    (out / "tuning.json").write_text(json.dumps(data, indent=1) + "\n")
+    lines = [
+        "# Race 2: tuning",
+        "",
+        "Regenerated by `python -m capo_app.experiments.race2 --report-only` from `raw/`.",
+        "",
+        f"Regime: 12 prompts × G = 8 = 96 completions per step for every arm; aggressive lr "
+        f"{setup.lr * setup.lr_ratio:g} (5× conservative's {setup.lr:g}). Tuning runs: the first "
+        f"{TUNING_STEPS} steps of the 300-step schedule, seeds {', '.join(map(str, TUNING_SEEDS))}.",
+        "",
+        f"KL basis (conservative GRPO's median per-step true KL while lr ≥ ½ peak, the race's tuning runs): "
+        f"{collected['kl_basis']:.3g} nats."
+        if collected["kl_basis"]
+        else "KL basis: not available.",
+        "",
+        "Rule, fixed before any run: per family, the highest mean over the tuning seeds of held-out sampled "
+        f"accuracy at step {TUNING_STEPS}; ties to the earlier configuration.",
+        "",
+        "| family | configuration | seed | sampled accuracy at each evaluation (every 25 steps from 0) "
+        "| median rejection | median true KL/step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        curve = ", ".join(f"{e['sampled']:.3f}" for e in r["evals"])
+        rej = "-" if r["median_rejection"] is None else f"{r['median_rejection']:.3f}"
+        kl = "-" if r["median_true_kl"] is None else f"{r['median_true_kl']:.2e}"
+        lines.append(
+            f"| {r['family']} | {r['arm']['name']} | {r['seed']} | {curve} | {rej} | {kl} |"
+        )
+    lines += ["", "## Choice", ""]
+    for family, c in collected["choice"].items():
+        state = "final" if c["complete"] else "provisional (grid not finished)"
+        lines.append(f"- {family}: **{c['best']}** ({state})")
+    path = out / "tuning.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _median(x: Sequence[float | None]) -> float | None:
+    v = [a for a in x if a is not None]
+    return float(np.median(v)) if v else None
+
+
+QUICK_SETUP = replace(
+    TUNING_SETUP, prompts=2, group_size=4, conservative_steps=4, aggressive_steps=4, stop_at=2, evals=2,
+    num_test_problems=4, num_train_problems=64, eval_k=2,
+)  # fmt: skip
+"""The smoke configuration (seconds; not the race's results)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (see the module doc)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m capo_app.experiments.race2", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--out", default=None, help="output folder (default docs/race2)")
+    parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from saved runs"
+    )
+    parser.add_argument("--worker", action="store_true", help="share the jobs with other workers")
+    args = parser.parse_args(argv)
+    setup = QUICK_SETUP if args.quick else TUNING_SETUP
+    seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
+    out = Path(args.out or ("outputs/race2-quick" if args.quick else "docs/race2"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[race2 {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(1)
+        run_tuning(out, setup, seeds, say, args.worker)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"report: {write_tuning_report(collect(out, seeds), out, setup)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
