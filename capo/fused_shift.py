@@ -38,6 +38,7 @@ __all__ = [
     "gather_dot",
     "row_dots",
     "token_directions",
+    "unavailable",
     "use_fused",
 ]
 
@@ -85,20 +86,33 @@ def _gather_dot_formula(
 
 
 def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The compiled ``formula`` (built once per process; inductor caches the code on disk).
+    """The compiled ``formula`` (built once per process).
 
     Without duck sizing: sizes that happen to be equal in the first call (N = k = 16, say) would otherwise
     share one symbol, and the next call with different sizes would compile the formula again.
+
+    On CPU without inductor's FX graph cache (:data:`_CPU_CACHE_GUARD`): torch 2.13 keys that cache without
+    the vector ISA that ``ATEN_CPU_CAPABILITY`` selects, so a graph generated for AVX-512's 16 float lanes is
+    reused in a process pinned to AVX2 and rebuilt against 8-lane vectors, giving wrong numbers. The C++
+    code cache (keyed by source and flags) still serves, so a new process re-runs codegen only.
     """
     if name not in _compiled:
         compiled = torch.compile(formula, dynamic=True, fullgraph=True)
 
         def run(*args: torch.Tensor) -> torch.Tensor:
-            with torch.fx.experimental._config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
+            guard = _CPU_CACHE_GUARD if args[0].device.type == "cpu" else {}
+            with (
+                torch.fx.experimental._config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
+                torch._inductor.config.patch(guard),
+            ):
                 return compiled(*args)
 
         _compiled[name] = run
     return _compiled[name]
+
+
+_CPU_CACHE_GUARD = {"fx_graph_cache": False}
+"""Inductor settings of every CPU compilation of the fused kernels (see :func:`_kernel`)."""
 
 
 def _fused_op(
@@ -204,27 +218,74 @@ def _plain_row_dots(
     return out
 
 
-def _unavailable(device: torch.device) -> str | None:
-    """Why torch.compile cannot build the fused kernels for ``device``, or None."""
+def unavailable(device: torch.device) -> str | None:
+    """Why the fused kernels cannot run on ``device`` (one line), or None where they built and agreed.
+
+    Looked up once per device type: a compiler must exist (Triton on CUDA, a C++ compiler on CPU), and both
+    kernels must build and agree with their eager formulas on a small float64 and float32 probe. Inductor can
+    fail to build on some CPU configurations (torch 2.13 with ``ATEN_CPU_CAPABILITY=default`` emits
+    ``at::vec`` code it compiles without the vector headers: ``CppCompileError``); such a device is simply
+    one without the fused path.
+    """
     return _unavailable_on(device.type)
 
 
 @functools.cache
 def _unavailable_on(device_type: str) -> str | None:
-    """:func:`_unavailable` for a device type, looked up once per process."""
+    """:func:`unavailable` for a device type."""
     if device_type == "cuda":
         from torch.utils._triton import has_triton
 
-        return None if has_triton() else "Triton is not installed"
-    if device_type == "cpu":
+        if not has_triton():
+            return "Triton is not installed"
+    elif device_type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
 
             get_cpp_compiler()
         except Exception as err:  # any failure means: no compiler
             return f"no C++ compiler for torch.compile ({type(err).__name__})"
-        return None
-    return f"torch.compile's inductor does not target {device_type}"
+    else:
+        return f"torch.compile's inductor does not target {device_type}"
+    return _probe(torch.device(device_type))
+
+
+def _probe(device: torch.device) -> str | None:
+    """Both kernels built and compared with their eager formulas on small random inputs (None: agree)."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float64, torch.float32):
+        n, k, h, v = 5, 3, 7, 11
+
+        def rand(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+            return torch.rand(*shape, generator=gen, dtype=dt).to(device)
+
+        slots = torch.randint(0, v, (n, k), generator=gen).to(device)
+        cases = {
+            "adam_token_directions": (
+                _adam_token_formula,
+                (rand(v, h), rand(v, h), slots, rand(n, k), rand(n, k), rand(n, k) - 0.5,
+                 rand(n, k), rand(n, h) - 0.5, torch.tensor(1e-3, dtype=dtype, device=device)),
+            ),
+            "gather_dot": (
+                _gather_dot_formula,
+                (rand(v, h) - 0.5, slots, rand(n, h) - 0.5, torch.arange(n, device=device)),
+            ),
+        }  # fmt: skip
+        for name, (formula, args) in cases.items():
+            try:
+                got = _kernel(name, formula)(*args)
+            except Exception as err:  # a failed build means: no fused path here
+                first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+                return f"torch.compile could not build {name} ({type(err).__name__}: {first})"
+            want = formula(*args)
+            err_max = float((got.double() - want.double()).abs().max())
+            scale = float(want.abs().max())
+            if not err_max <= SELF_CHECK_RTOL[dtype] * scale:
+                return (
+                    f"the compiled {name} differs from its formula in {dtype} by {err_max:.1e} "
+                    f"(largest entry {scale:.1e})"
+                )
+    return None
 
 
 def check_kernel(kernel: str, device: torch.device | None = None) -> str:
@@ -234,7 +295,7 @@ def check_kernel(kernel: str, device: torch.device | None = None) -> str:
             f"capo_shift_kernel (kernel) must be one of {list(KERNELS)}, got {kernel!r}"
         )
     if kernel == "fused" and device is not None:
-        reason = _unavailable(device)
+        reason = unavailable(device)
         if reason is not None:
             raise ValueError(f"kernel='fused' is unavailable on {device.type}: {reason}")
     return kernel
@@ -245,7 +306,7 @@ def use_fused(kernel: str, device: torch.device) -> bool:
     check_kernel(kernel, device)
     if kernel == "plain" or (kernel == "auto" and device.type != "cuda"):
         return False
-    reason = _unavailable(device)
+    reason = unavailable(device)
     if reason is not None:
         _warn_once(
             f"CAPO shifts: the fused kernel is unavailable on {device.type} ({reason}); plain path"
@@ -292,7 +353,18 @@ def _checked(
     """
     if key not in _verified and n >= 2:
         first = slice(0, _SELF_CHECK_TOKENS)
-        _verified[key] = _self_check(kernel, key, fused(first), plain(first))
+        try:
+            got = fused(first)
+        except Exception as err:  # a build that fails for these dtypes: the plain path serves them
+            message = (
+                f"CAPO fused kernel {key[0]} on {key[1]} could not be built ({type(err).__name__})"
+            )
+            if kernel == "fused":
+                raise RuntimeError(message) from err
+            _warn_once(message + "; using the plain path")
+            _verified[key] = False
+            return None
+        _verified[key] = _self_check(kernel, key, got, plain(first))
     if not _verified.get(key, True):
         return None
     return fused(slice(None))

@@ -9,6 +9,7 @@ from reference.tolerances import (
     FLOAT32_RTOL,
     FUSED_FLOAT32_RTOL,
     FUSED_RTOL,
+    GOLDEN_RTOL,
     MC_TARGET_RTOL,
     PROB_SUM_ATOL,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FLOAT32_RTOL",
     "FUSED_FLOAT32_RTOL",
     "FUSED_RTOL",
+    "GOLDEN_RTOL",
     "MC_TARGET_RTOL",
     "PROB_SUM_ATOL",
 ]

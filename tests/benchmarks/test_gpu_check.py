@@ -23,6 +23,7 @@ def _run(tmp_path: Path, *skip: str) -> dict:
     return json.loads((tmp_path / "gpu_check.json").read_text())
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_dry_run_core_agrees_with_float64_and_times_the_step(tmp_path: Path) -> None:
     """float32 and bf16 (inputs rounded alike) agree with float64 within FLOAT32_RTOL; the step runs."""
     res = _run(tmp_path, "training")

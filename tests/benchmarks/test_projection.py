@@ -58,6 +58,7 @@ def test_counter_agrees_with_the_storages_select_tokens_returns() -> None:
     assert p.retained <= sum(storages.values()) + 64 * 8
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_support_recomputed_from_hidden_is_the_logits_matmul() -> None:
     """Recomputing the support is the selection's only matmul: the [n, H] x [H, V] logits product."""
     q = measure_step(
@@ -66,6 +67,7 @@ def test_support_recomputed_from_hidden_is_the_logits_matmul() -> None:
     assert q["work.select.flops"] == 2 * 64 * H * V
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_support_from_the_forward_runs_no_matmul() -> None:
     """As in training: the support folded from TRL's tiles, the fused kernel: no FLOPs of matmuls."""
     q = measure_step(H, V, K, micro_batches=1, n=64, pool=32, dtype=torch.bfloat16)
@@ -73,6 +75,7 @@ def test_support_from_the_forward_runs_no_matmul() -> None:
     assert q["work.support.kernels"] > 0  # the fold of each tile is counted
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_fit_predicts_a_held_out_shape() -> None:
     """q = a + b·n + c·U fitted on a grid predicts a larger, unseen (n, U) within 2 %."""
     runs = [
@@ -86,6 +89,7 @@ def test_fit_predicts_a_held_out_shape() -> None:
         assert math.isclose(predicted, held_out[key], rel_tol=0.02), key
 
 
+@pytest.mark.usefixtures("fused_kernels")
 @pytest.mark.slow
 def test_quick_projection_writes_every_named_buffer(tmp_path: Path) -> None:
     out = tmp_path / "p.json"

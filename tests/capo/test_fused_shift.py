@@ -26,6 +26,7 @@ def _steps(case, n_updates, dtype=torch.float64):
     ]
 
 
+@pytest.mark.usefixtures("fused_kernels")
 @pytest.mark.parametrize("granularity", GRANULARITIES, ids=str)
 @pytest.mark.parametrize("n_updates", [0, 3], ids=lambda n: f"t={n}")
 def test_fused_equals_plain_and_dense_reference_in_float64(granularity, n_updates):
@@ -54,6 +55,7 @@ def _float32_case(seed=0, N=96, k=8, H=48, V=64):
     return batch, capo.AdamStep(lr=1e-3, moments=moments)
 
 
+@pytest.mark.usefixtures("fused_kernels")
 @pytest.mark.parametrize("granularity", [None, "batch"], ids=str)
 def test_fused_equals_plain_in_float32_and_is_chunk_size_invariant(granularity):
     """float32: fused within 1e-6 of plain; the fused result does not depend on the chunk size."""
@@ -70,6 +72,7 @@ def test_fused_equals_plain_in_float32_and_is_chunk_size_invariant(granularity):
         _close(fused.m_H, runs[0].m_H, FUSED_FLOAT32_RTOL)
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_fused_reads_bfloat16_moments_like_the_plain_path():
     """bf16-stored moments (capo_moments_dtype) are widened inside the kernel, as the plain path widens them."""
     batch, step = _float32_case(seed=1)
@@ -83,6 +86,7 @@ def test_fused_reads_bfloat16_moments_like_the_plain_path():
     _close(fused.m_F, plain.m_F, FUSED_FLOAT32_RTOL)
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_one_compilation_serves_every_shape():
     """Shapes are dynamic: new N, k, H and table sizes reuse the compiled kernel, even after a first
     call whose N equals its k (the self-check's 16 tokens with k = 16; no duck sizing)."""
@@ -126,6 +130,32 @@ def test_a_fused_kernel_that_disagrees_is_refused(kernel):
     fused_shift._verified.pop(key, None)
 
 
+def test_a_kernel_that_cannot_be_built_is_unavailable_in_one_line(monkeypatch):
+    """A build failure (inductor's CppCompileError on some CPUs) makes the device one without the fused
+    path: the probe names the op and the error; under auto the first call warns and the plain path serves."""
+
+    def broken(name, formula):
+        def run(*args):
+            raise RuntimeError("C++ compile error\nline two")
+
+        return run
+
+    monkeypatch.setattr(fused_shift, "_kernel", broken)
+    reason = fused_shift._probe(torch.device("cpu"))
+    assert reason == (
+        "torch.compile could not build adam_token_directions (RuntimeError: C++ compile error)"
+    )
+    key = ("test-broken", "cpu", "auto")
+    fused_shift._verified.pop(key, None)
+    ones = torch.ones(4, 3)
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert (
+            fused_shift._checked("auto", key, 4, lambda sl: broken("", None)(), lambda sl: ones[sl])
+            is None
+        )
+    fused_shift._verified.pop(key, None)
+
+
 def _train(tmp_path, kernel):
     from tests.capo import _trainer_helpers as H
 
@@ -139,6 +169,7 @@ def _train(tmp_path, kernel):
     return [r["keep"] for r in trainer.capo_record], logs
 
 
+@pytest.mark.usefixtures("fused_kernels")
 def test_training_with_the_fused_kernel_applies_the_same_masks(tmp_path):
     """capo_shift_kernel='fused' (float64 tiny model): the masks of 'plain', the shifts to 1e-12."""
     fused_keep, fused_logs = _train(tmp_path, "fused")
