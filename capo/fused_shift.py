@@ -260,7 +260,7 @@ def _probe(device: torch.device) -> str | None:
             return torch.rand(*shape, generator=gen, dtype=dt).to(device)
 
         slots = torch.randint(0, v, (n, k), generator=gen).to(device)
-        cases = {
+        cases: dict[str, tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] = {
             "adam_token_directions": (
                 _adam_token_formula,
                 (rand(v, h), rand(v, h), slots, rand(n, k), rand(n, k), rand(n, k) - 0.5,

@@ -124,7 +124,12 @@ class Store:
         return rec if rec.get("settings") == self.settings(arm, rates) else None
 
     def run(
-        self, arm: RaceArm, seed: int, rates: Sequence[float] | None, say: Callable[[str], None]
+        self,
+        arm: RaceArm,
+        seed: int,
+        rates: Sequence[float] | None,
+        say: Callable[[str], None],
+        trainer_class: type | None = None,
     ) -> dict[str, Any] | None:
         """The saved record, or train it now (None if another worker holds its lock)."""
         rec = self.load(arm, seed, rates)
@@ -138,11 +143,12 @@ class Store:
             if _alive(lock):
                 return None
             lock.unlink(missing_ok=True)
-            return self.run(arm, seed, rates, say)
+            return self.run(arm, seed, rates, say, trainer_class)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         try:
-            rec = run_race(self.setup, arm, seed, self.work / f"{arm.name}-{seed}", rates)
+            work = self.work / f"{arm.name}-{seed}"
+            rec = run_race(self.setup, arm, seed, work, rates, trainer_class)
             rec["settings"] = self.settings(arm, rates)
             self.path(arm.name, seed).write_text(json.dumps(rec, separators=(",", ":")))
         finally:

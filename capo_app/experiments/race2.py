@@ -30,7 +30,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from capo_app.experiments.race import FULL as RACE
 from capo_app.experiments.race import Store
+from capo_app.experiments.race2_run import diagnosed_trainer
 from capo_app.experiments.race_run import RaceArm, RaceSetup, arm_lr
 
 __all__ = [
@@ -59,6 +60,23 @@ TUNING_STEPS = 100
 TUNING_SETUP = replace(SETUP, stop_at=TUNING_STEPS, evals=12)  # every 25 of 300 steps
 """Tuning runs: stopped at step 100, evaluated every 25 steps."""
 TUNING_SEEDS = (1000, 1001)
+EVALUATION_SETUP = replace(SETUP, track_shifts=True)
+"""Evaluation runs: 300 steps, evaluated every 50; the curvature model runs in every arm (diagnostics)."""
+EVALUATION_SEEDS = (1, 2, 3, 4, 5)
+"""Paired with the race's conservative GRPO runs on the same seeds."""
+
+
+@dataclass(frozen=True)
+class Race2Config:
+    """Race 2's configuration: the tuning and evaluation setups and seeds."""
+
+    tuning: RaceSetup = TUNING_SETUP
+    evaluation: RaceSetup = EVALUATION_SETUP
+    tuning_seeds: tuple[int, ...] = TUNING_SEEDS
+    seeds: tuple[int, ...] = EVALUATION_SEEDS
+
+
+FULL = Race2Config()
 PRE_PILOT_LR_SCALES = (0.5, 1.0)
 """GRPO (A) at lr 5e-4 and 1e-3."""
 FISHER_GRID = (1e-4, 1e-5, 1e-6, 1e-7)
@@ -102,10 +120,11 @@ def _high_lr_steps(setup: RaceSetup) -> set[int]:
     _, config, _ = parse_recipe(
         ["--method", "grpo"], overrides={"max_steps": steps, "output_dir": "-"}
     )
+    kwargs = config.lr_scheduler_kwargs if isinstance(config.lr_scheduler_kwargs, dict) else {}
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = get_scheduler(
         config.lr_scheduler_type, opt, config.get_warmup_steps(steps), steps,
-        scheduler_specific_kwargs=config.lr_scheduler_kwargs or {},
+        scheduler_specific_kwargs=kwargs,
     )  # fmt: skip
     high = set()
     for step in range(1, steps + 1):  # the lr of step t is the schedule's value after t - 1 updates
@@ -148,7 +167,7 @@ def tuning_arms(basis: float | None) -> list[tuple[str, RaceArm]]:
 
 
 def choose(
-    runs: dict[str, list[dict[str, Any]]], arms: Sequence[tuple[str, RaceArm]]
+    runs: dict[str, list[dict[str, Any]]], arms: Sequence[tuple[str, RaceArm]], n_seeds: int
 ) -> dict[str, Any]:
     """Per family, the arm with the best mean held-out sampled accuracy at the last tuning step.
 
@@ -160,43 +179,80 @@ def choose(
         members = [a for f, a in arms if f == family]
         if not members:
             continue
-        scored = {a.name: _tuning_score(runs.get(a.name, [])) for a in members}
+        scored = {a.name: _tuning_score(runs.get(a.name, []), n_seeds) for a in members}
         done = all(v is not None for v in scored.values())
-        best = None
+        best, best_score = None, -np.inf
         for a in members:
             v = scored[a.name]
-            if v is not None and (best is None or v > scored[best]):
-                best = a.name
+            if v is not None and v > best_score:
+                best, best_score = a.name, v
         out[family] = {"complete": done, "best": best, "scores": scored}
     return out
 
 
-def _tuning_score(records: Sequence[dict[str, Any]]) -> float | None:
-    """Mean over the tuning seeds of the sampled accuracy at step TUNING_STEPS (None until all are done)."""
-    at = [e["sampled"] for r in records for e in r["evals"] if e["step"] == TUNING_STEPS]
-    return float(np.mean(at)) if len(at) == len(TUNING_SEEDS) else None
+def _tuning_score(records: Sequence[dict[str, Any]], n_seeds: int) -> float | None:
+    """Mean over the tuning seeds of the sampled accuracy at the last tuning step (None until all are done)."""
+    at = [r["evals"][-1]["sampled"] for r in records]
+    return float(np.mean(at)) if len(at) == n_seeds else None
 
 
-def run_tuning(out: Path, setup: RaceSetup, seeds: Sequence[int], say: Callable[[str], None],
-               worker: bool) -> None:  # fmt: skip
-    """Every tuning job not yet saved; a worker waits for jobs another process holds."""
-    store = Store(out, setup)
+def run_jobs(out: Path, cfg: Race2Config, say: Callable[[str], None], worker: bool) -> None:
+    """Every tuning job, then (once every family's choice is final) every evaluation job, not yet saved.
+
+    A worker waits for jobs another process holds; the matched control waits for its CAPO twin.
+    """
     while True:
-        todo = [(a, s) for _, a in tuning_arms(_basis_or_none()) for s in seeds]
-        todo = [(a, s) for a, s in todo if store.load(a, s) is None]
-        if not todo:
-            return
-        ran = False
-        for arm, seed in todo:
-            if store.run(arm, seed, None, say) is not None:
+        basis = _basis_or_none()
+        tuning = Store(out, cfg.tuning)
+        todo: list[tuple[Store, RaceArm, int]] = [
+            (tuning, a, s) for _, a in tuning_arms(basis) for s in cfg.tuning_seeds
+        ]
+        choice = collect(out, cfg)["choice"]
+        evaluating = Store(out, cfg.evaluation)
+        final = all(c["complete"] for c in choice.values())
+        if final and basis is not None:
+            arms = evaluation_arms(choice, basis)
+            todo += [(evaluating, a, s) for s in cfg.seeds for a in arms]
+        ran, waiting = False, False
+        for store, arm, seed in todo:
+            twin_cells, rates = None, None
+            if arm.control_of is not None:
+                twin = evaluating.load(next(a for a in arms if a.name == arm.control_of), seed)
+                if twin is None:
+                    waiting = True
+                    continue
+                twin_cells, rates = twin["cells"], twin["rejection"]
+            if store.load(arm, seed, rates) is not None:
+                continue
+            trainer = diagnosed_trainer(twin_cells, seed) if store is evaluating else None
+            if store.run(arm, seed, rates, say, trainer) is not None:
                 ran = True
                 break
+            waiting = True
+        if not ran and not waiting and final:
+            return
+        if not ran and not worker:
+            raise RuntimeError("every job left is locked or waits for another; rerun when they end")
         if not ran:
-            if not worker:
-                raise RuntimeError(
-                    "every job left is locked by another process; rerun when they end"
-                )
             time.sleep(20)
+
+
+def evaluation_arms(choice: dict[str, Any], basis: float) -> list[RaceArm]:
+    """The evaluation arms, each family at its tuned configuration (seeds outer, these inner)."""
+    tuned = {
+        f: next(a for fam, a in tuning_arms(basis) if a.name == c["best"])
+        for f, c in choice.items()
+    }
+    arms = [
+        RaceArm("grpo_a", "grpo_a"),
+        replace(tuned["capo"], name="capo"),
+        replace(tuned["kl_cap"], name="kl_cap"),
+        replace(tuned["kl_target"], name="kl_target"),
+        RaceArm("matched", "random", control_of="capo"),
+        RaceArm("grpo_a_lr0.5", "lower_lr", lr_scale=0.5),
+        RaceArm("grpo_a_lr0.2", "lower_lr", lr_scale=0.2),
+    ]
+    return arms
 
 
 def _basis_or_none() -> float | None:
@@ -211,7 +267,7 @@ def _race_conservative() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in paths if p.exists()]
 
 
-def collect(out: Path, seeds: Sequence[int]) -> dict[str, Any]:
+def collect(out: Path, cfg: Race2Config) -> dict[str, Any]:
     """The saved tuning runs and the choice (whatever is done)."""
     basis = _basis_or_none()
     arms = tuning_arms(basis)
@@ -219,12 +275,17 @@ def collect(out: Path, seeds: Sequence[int]) -> dict[str, Any]:
     for _, arm in arms:
         recs = [
             json.loads(p.read_text())
-            for s in seeds
+            for s in cfg.tuning_seeds
             if (p := out / "raw" / f"{arm.name}-{s}.json").exists()
         ]
         if recs:
             runs[arm.name] = recs
-    return {"kl_basis": basis, "arms": arms, "runs": runs, "choice": choose(runs, arms)}
+    return {
+        "kl_basis": basis,
+        "arms": arms,
+        "runs": runs,
+        "choice": choose(runs, arms, len(cfg.tuning_seeds)),
+    }
 
 
 def write_tuning_report(collected: dict[str, Any], out: Path, setup: RaceSetup) -> Path:
@@ -285,10 +346,16 @@ def _median(x: Sequence[float | None]) -> float | None:
     return float(np.median(v)) if v else None
 
 
-QUICK_SETUP = replace(
-    TUNING_SETUP, prompts=2, group_size=4, conservative_steps=4, aggressive_steps=4, stop_at=2, evals=2,
-    num_test_problems=4, num_train_problems=64, eval_k=2,
+_SMOKE = dict(
+    prompts=2, group_size=4, conservative_steps=4, aggressive_steps=4, evals=2, num_test_problems=4,
+    num_train_problems=64, eval_k=2,
 )  # fmt: skip
+QUICK = Race2Config(
+    tuning=replace(TUNING_SETUP, **_SMOKE, stop_at=2),  # type: ignore[arg-type]
+    evaluation=replace(EVALUATION_SETUP, **_SMOKE),  # type: ignore[arg-type]
+    tuning_seeds=(1000,),
+    seeds=(1,),
+)
 """The smoke configuration (seconds; not the race's results)."""
 
 
@@ -304,8 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--worker", action="store_true", help="share the jobs with other workers")
     args = parser.parse_args(argv)
-    setup = QUICK_SETUP if args.quick else TUNING_SETUP
-    seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
+    cfg = QUICK if args.quick else FULL
     out = Path(args.out or ("outputs/race2-quick" if args.quick else "docs/race2"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()
@@ -317,9 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        run_tuning(out, setup, seeds, say, args.worker)
+        run_jobs(out, cfg, say, args.worker)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"report: {write_tuning_report(collect(out, seeds), out, setup)}", flush=True)
+    print(f"report: {write_tuning_report(collect(out, cfg), out, cfg.tuning)}", flush=True)
     return 0
 
 

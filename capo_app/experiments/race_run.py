@@ -56,6 +56,8 @@ class RaceSetup:
         tiny_cache_dir: The embedded model's cache (None: the default).
         stop_at: Stop training after this many optimizer steps, the learning-rate schedule still the full
             run's (tuning runs: the first part of an evaluation run); None: run every step.
+        track_shifts: Run the curvature model in every arm (``capo_track_shifts``: m_H, m_F and the seam
+            on GRPO arms too, for diagnostics); None: only where an arm needs it.
     """
 
     lr: float = 2e-4
@@ -73,6 +75,7 @@ class RaceSetup:
     max_completion_length: int = 40
     tiny_cache_dir: str | None = None
     stop_at: int | None = None
+    track_shifts: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class RaceArm:
         return self.kind == "conservative"
 
 
-ADDED_LATER = ("stop_at", "thresholds")
+ADDED_LATER = ("stop_at", "thresholds", "track_shifts")
 """Setup and arm fields added after the race's runs were saved (race 2's tuning)."""
 
 
@@ -164,7 +167,9 @@ def _overrides(setup: RaceSetup, arm: RaceArm, seed: int, out: Path) -> dict[str
         values.update(
             capo_kl_budget=arm.kl_delta, capo_kl_model="lookahead", capo_kl_backtrack=True
         )
-    if arm.control_of is not None:  # the seam runs where the curvature model does
+    if (
+        arm.control_of is not None or setup.track_shifts
+    ):  # the seam runs where the curvature model does
         values["capo_track_shifts"] = True
     if arm.thresholds is not None:
         values.update(Thresholds(*arm.thresholds).as_dict())
@@ -182,6 +187,9 @@ LOGGED = {
     "kl_predicted": metrics.KL_PREDICTED,
     "kl_scale": metrics.KL_SCALE,
     "entropy": "entropy",
+    "global_m_F": metrics.GLOBAL_M_F,
+    "m_F_mean": f"{metrics.M_F}/mean",
+    "true_kl_head": metrics.TRUE_KL_HEAD,
 }
 """Per-step record key -> logged metric."""
 
@@ -219,8 +227,13 @@ def run_race(
     seed: int,
     out: Path,
     rates: Sequence[float] | None = None,
+    trainer_class: type | None = None,
 ) -> dict[str, Any]:
-    """Train one arm on one seed; returns its record (per-step logs and the evaluations)."""
+    """Train one arm on one seed; returns its record (per-step logs and the evaluations).
+
+    ``trainer_class``: a CAPOTrainer subclass to train with instead (race 2's diagnosed trainer; its
+    per-step ``cells``, if any, go into the record).
+    """
     from transformers import TrainerCallback, set_seed
 
     from capo_app.data import make_arithmetic_dataset
@@ -242,7 +255,7 @@ def run_race(
     train_set = load_train_set(script_args, config, fmt)
     task = PRESETS[script_args.synthetic_task]
     test = make_arithmetic_dataset(setup.num_test_problems, "test", task, TEST_SEED, fmt)
-    trainer = _trainer_class(rates, seed)(
+    trainer = (trainer_class or _trainer_class(rates, seed))(
         model=model,
         reward_funcs=reward_functions(script_args.reward_funcs),
         args=config,
@@ -283,6 +296,8 @@ def run_race(
     for key, name in LOGGED.items():
         record[key] = [_num(h.get(name)) for h in history]
     record["evals"] = evals
+    if hasattr(trainer, "cells"):
+        record["cells"] = [trainer.cells.get(step) for step in range(len(history))]
     record["seconds"] = time.perf_counter() - start
     return record
 
