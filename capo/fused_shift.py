@@ -91,6 +91,11 @@ def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., to
     Without duck sizing: sizes that happen to be equal in the first call (N = k = 16, say) would otherwise
     share one symbol, and the next call with different sizes would compile the formula again.
 
+    Always under no_grad (the shifts are never differentiated), so that the caller's grad mode is not one
+    more guard; each dtype combination and each kind of input tensor (normal or inference-mode: another
+    dispatch key set) is one compiled entry, up to :data:`_RECOMPILE_LIMIT` (dynamo's default 8 is reached
+    by a process that mixes float64, float32 and bf16 moments with both kinds).
+
     On CPU without inductor's FX graph cache (:data:`_CPU_CACHE_GUARD`): torch 2.13 keys that cache without
     the vector ISA that ``ATEN_CPU_CAPABILITY`` selects, so a graph generated for AVX-512's 16 float lanes is
     reused in a process pinned to AVX2 and rebuilt against 8-lane vectors, giving wrong numbers. The C++
@@ -102,7 +107,9 @@ def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., to
         def run(*args: torch.Tensor) -> torch.Tensor:
             guard = _CPU_CACHE_GUARD if args[0].device.type == "cpu" else {}
             with (
+                torch.no_grad(),
                 torch.fx.experimental._config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
+                torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT),
                 torch._inductor.config.patch(guard),
             ):
                 return compiled(*args)
@@ -112,6 +119,7 @@ def _kernel(name: str, formula: Callable[..., torch.Tensor]) -> Callable[..., to
 
 
 _CPU_CACHE_GUARD = {"fx_graph_cache": False}
+_RECOMPILE_LIMIT = 32
 """Inductor settings of every CPU compilation of the fused kernels (see :func:`_kernel`)."""
 
 
