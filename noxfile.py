@@ -17,6 +17,8 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 CPU_TORCH = "torch==2.13.0"
+TESTED = "constraints/tested.txt"
+"""The exact set CI tested; every session installs within it except ``latest`` (newest releases)."""
 
 
 def torch_spec() -> str | None:
@@ -26,11 +28,12 @@ def torch_spec() -> str | None:
     return None if shutil.which("nvidia-smi") else CPU_TORCH
 
 
-def install_project(session: nox.Session, extras: str) -> None:
+def install_project(session: nox.Session, extras: str, constrained: bool = True) -> None:
+    pins = ["-c", TESTED] if constrained else []
     spec = torch_spec()
     if spec:
-        session.install(spec)
-    session.install("-e", f".[{extras}]")
+        session.install(spec, *pins)
+    session.install("-e", f".[{extras}]", *pins)
 
 
 @nox.session
@@ -38,6 +41,26 @@ def tests(session: nox.Session) -> None:
     """The whole pytest suite (CPU, float64 exact checks, tiny models, DeepSpeed ZeRO-2/3 on 2 CPU processes)."""
     install_project(session, "train,dev,deepspeed,tensorboard")
     session.run("pytest", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def latest(session: nox.Session) -> None:
+    """The fast suite against the newest releases (no constraints): what would break on the next upgrade."""
+    install_project(session, "train,dev,deepspeed,tensorboard", constrained=False)
+    session.run("pip", "list", "--format=freeze")
+    session.run("pytest", "-m", "not slow", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Rewrite constraints/tested.txt from a fresh resolve (then run nox -s tests on it before committing)."""
+    install_project(session, "train,dev,deepspeed,tensorboard", constrained=False)
+    frozen = session.run("pip", "freeze", "--exclude-editable", silent=True) or ""
+    lines = [line.replace("+cpu", "") for line in frozen.splitlines() if line and "@" not in line]
+    with open(TESTED) as f:
+        header = [line for line in f.read().splitlines() if line.startswith("#")]
+    with open(TESTED, "w") as f:
+        f.write("\n".join([*header, *lines]) + "\n")
 
 
 @nox.session
@@ -62,7 +85,7 @@ def fast(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
-    session.install("ruff>=0.8")
+    session.install("ruff", "-c", TESTED)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 

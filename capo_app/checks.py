@@ -96,7 +96,7 @@ def check_package(package: str, extra: str, what: str) -> None:
     """Refuse a value that needs an optional package which is not installed, naming the extra to install."""
     if importlib.util.find_spec(package) is None:
         raise UsageError(
-            f"{what} needs the {package} package, which is not installed: pip install 'capo[{extra}]'"
+            f"{what} needs the {package} package, which is not installed: pip install 'capo-rl[{extra}]'"
         )
 
 

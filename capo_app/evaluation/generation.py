@@ -137,7 +137,7 @@ def generate_vllm(
     seed: int = 0,
     **llm_kwargs: Any,
 ) -> list[list[str]]:
-    """Generate with vLLM (``pip install capo[vllm]``); same contract as :func:`generate_hf`.
+    """Generate with vLLM (``pip install 'capo-rl[vllm]'``); same contract as :func:`generate_hf`.
 
     Not exercised in this repository's tests (no vLLM on the build machine).
 
@@ -160,7 +160,7 @@ def generate_vllm(
     """
     if not vllm_available():
         raise ImportError(
-            "the vllm backend needs the vllm package: pip install 'capo[vllm]' (or use --backend hf)"
+            "the vllm backend needs the vllm package: pip install 'capo-rl[vllm]' (or use --backend hf)"
         )
     from vllm import LLM, SamplingParams
 

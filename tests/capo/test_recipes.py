@@ -53,7 +53,7 @@ def test_every_recipe_passes_the_dry_run(path, capsys):
     code = main(["--config", str(path), "--dry-run"])
     captured = capsys.readouterr()
     if "vllm" in path.name and importlib.util.find_spec("vllm") is None:
-        assert code == 2 and "pip install 'capo[vllm]'" in captured.err
+        assert code == 2 and "pip install 'capo-rl[vllm]'" in captured.err
         return
     assert code == 0, captured.err
     assert "Dry run OK" in captured.out and "CAPOTrainer" in captured.out
@@ -115,10 +115,12 @@ def test_tiny_recipe_file_is_the_embedded_default():
 
 def test_accelerate_configs_target_four_gpus():
     zero2 = load(RECIPES / "accelerate" / "zero2.yaml")
+    zero3 = load(RECIPES / "accelerate" / "zero3.yaml")
     ddp = load(RECIPES / "accelerate" / "ddp.yaml")
     assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2
+    assert zero3["distributed_type"] == "DEEPSPEED" and zero3["deepspeed_config"]["zero_stage"] == 3
     assert ddp["distributed_type"] == "MULTI_GPU"
-    for config in (zero2, ddp):
+    for config in (zero2, zero3, ddp):
         assert (
             config["num_processes"] == 4
             and config["mixed_precision"] == "bf16"

@@ -38,5 +38,5 @@ def test_a_missing_reporting_package_is_one_line_naming_the_extra(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (
         f"capo: error: report_to {reporter} needs the {reporter} package, which is not installed: "
-        f"pip install 'capo[{reporter}]'"
+        f"pip install 'capo-rl[{reporter}]'"
     )
