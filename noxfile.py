@@ -48,7 +48,9 @@ def latest(session: nox.Session) -> None:
     """The fast suite against the newest releases (no constraints): what would break on the next upgrade."""
     install_project(session, "train,dev,deepspeed,tensorboard", constrained=False)
     session.run("pip", "list", "--format=freeze")
-    session.run("pytest", "-m", "not slow", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"})
+    session.run(
+        "pytest", "-m", "not slow", *(session.posargs or ["-q"]), env={"OMP_NUM_THREADS": "2"}
+    )
 
 
 @nox.session

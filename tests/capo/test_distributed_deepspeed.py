@@ -83,7 +83,9 @@ def test_zero2_two_processes_match_one_process(tmp_path) -> None:
 def test_zero3_gathers_the_sharded_output_layer_and_matches_one_process(tmp_path) -> None:
     """ZeRO-3 shards lm_head; CAPO gathers it (capo.sharding) and selects the same tokens as one process."""
     pytest.importorskip("deepspeed")
-    config = REPO / "recipes" / "accelerate" / "zero3.yaml"  # the shipped file (_launch sets 2 CPU processes)
+    config = (
+        REPO / "recipes" / "accelerate" / "zero3.yaml"
+    )  # the shipped file (_launch sets 2 CPU processes)
     ranks = _launch(tmp_path, str(config), "float32")  # ZeRO-3 refuses float64 parameters
     single = DW.run(str(tmp_path / "single"), world=1, dtype=torch.float32)
     assert all(r["lm_head_sharded"] for r in ranks) and not single["lm_head_sharded"]
