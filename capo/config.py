@@ -13,8 +13,10 @@ dr_grpo    ``"dr_grpo"``  ``"none"``         r_b − mean_group r
 reinforce  ``"grpo"``     ``"none"``         r_b (raw reward; set by CAPOTrainer)
 =========  =============  =================  ==============================================
 
-``loss_type`` and ``scale_rewards`` therefore follow ``capo_variant``: values left at TRL's defaults
-(``"dapo"``, ``"group"``) are replaced, any other value that disagrees raises ``ValueError``.
+``loss_type`` and ``scale_rewards`` therefore follow ``capo_variant``: left unset (None, this config's
+default) they take the variant's values; an explicit value that disagrees raises ``ValueError``, TRL's own
+defaults (``"dapo"``, ``"group"``) included. The TRL options the step model leaves out are refused or warned
+about by :mod:`capo.trl_options`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trl import GRPOConfig
 from capo.fused_shift import KERNELS, check_kernel
 from capo.methods import VARIANT_LOSSES
 from capo.selection import Thresholds
+from capo.trl_options import check_options
 
 __all__ = [
     "CAPO_GRANULARITIES",
@@ -50,9 +53,6 @@ CAPO_KL_MODES = ("cap", "target")
 """How the KL budget scales a step: ``cap`` (only down, the default) or ``target`` (up and down)."""
 """How the KL budget predicts the KL of the step actually taken (an extension beyond the paper)."""
 
-_TRL_DEFAULT_LOSS_TYPE = "dapo"
-_TRL_DEFAULT_SCALE_REWARDS = "group"
-
 
 @dataclass
 class CAPOConfig(GRPOConfig):
@@ -62,6 +62,20 @@ class CAPOConfig(GRPOConfig):
     top-50 support, thresholds (−1e-2, 1e-2, 1e-4)). Use ``capo_enabled=False`` for the baselines.
     """
 
+    loss_type: str | None = field(  # type: ignore[assignment]
+        default=None,
+        metadata={
+            "help": "TRL's loss aggregation. Leave unset: capo_variant sets it (grpo: 'grpo', dr_grpo: "
+            "'dr_grpo', reinforce: 'grpo'); an explicit value must equal the variant's."
+        },
+    )
+    scale_rewards: str | None = field(  # type: ignore[assignment]
+        default=None,
+        metadata={
+            "help": "TRL's reward scaling. Leave unset: capo_variant sets it (grpo: 'group', dr_grpo and "
+            "reinforce: 'none'); an explicit value must equal the variant's."
+        },
+    )
     capo_enabled: bool = field(
         default=True,
         metadata={
@@ -256,7 +270,7 @@ class CAPOConfig(GRPOConfig):
                 f"capo_variant must be one of {sorted(CAPO_VARIANTS)}, got {self.capo_variant!r}"
             )
         loss_type, scale = CAPO_VARIANTS[self.capo_variant]
-        if self.loss_type in (_TRL_DEFAULT_LOSS_TYPE, None):
+        if self.loss_type is None:
             self.loss_type = loss_type
         elif self.loss_type != loss_type:
             raise ValueError(
@@ -264,7 +278,7 @@ class CAPOConfig(GRPOConfig):
                 f"loss_type={self.loss_type!r}; leave loss_type unset (capo_variant sets it)"
             )
         scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)  # type: ignore[call-overload]
-        if scale_rewards in (_TRL_DEFAULT_SCALE_REWARDS, None):
+        if scale_rewards is None:
             self.scale_rewards = scale
         elif scale_rewards != scale:
             raise ValueError(
@@ -283,6 +297,7 @@ class CAPOConfig(GRPOConfig):
             )
         self._validate_capo()
         super().__post_init__()
+        check_options(self)
 
     def _validate_capo(self) -> None:
         if self.capo_granularity not in CAPO_GRANULARITIES:

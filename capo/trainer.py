@@ -106,6 +106,21 @@ class _Scope:
         return value
 
 
+CAPO_PAPER = {
+    "title": "Stabilizing Policy Gradients for Sample-Efficient Reinforcement Learning in LLM Reasoning",
+    "id": "2510.00819",
+    "citation": (
+        "@article{capo2025,\n"
+        "    title  = {{Stabilizing Policy Gradients for Sample-Efficient Reinforcement Learning in LLM "
+        "Reasoning}},\n"
+        "    year   = 2025,\n"
+        "    eprint = {arXiv:2510.00819},\n"
+        "}"
+    ),
+}
+"""The paper a CAPO run's model card cites (TRL's ``_paper`` convention)."""
+
+
 class CAPOTrainer(GRPOTrainer):
     """GRPOTrainer with curvature-aware masking; configure with :class:`capo.CAPOConfig`.
 
@@ -128,6 +143,11 @@ class CAPOTrainer(GRPOTrainer):
             args = CAPOConfig(output_dir=f"{str(name).split('/')[-1]}-CAPO")
         if not isinstance(args, CAPOConfig):
             raise ValueError(f"args must be a CAPOConfig, got {type(args).__name__}")
+        if (
+            args.capo_enabled
+        ):  # the model card and hub tags name CAPO (a baseline keeps TRL's GRPO card)
+            self._name, self._paper = "CAPO", CAPO_PAPER
+            self._tag_names = [*GRPOTrainer._tag_names, "capo"]
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         active, unwrapped = args.capo_curvature_model, self.accelerator.unwrap_model(self.model)
         self.capo_thresholds = args.thresholds

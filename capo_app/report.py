@@ -134,6 +134,7 @@ def summarize(
     wall_time_s: float | None = None,
     granularity: str = "token",
     masking: bool = True,
+    unmodelled: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The run's headline numbers.
 
@@ -145,6 +146,7 @@ def summarize(
         granularity: What the acceptance test accepts or rejects (token, completion, group, batch).
         masking: Whether rejected units were masked; without masking (shift tracking) the rates are what CAPO
             would reject.
+        unmodelled: The TRL options the step model leaves out of this run (:func:`capo.trl_options.unmodelled`).
 
     Returns:
         A flat dict of numbers (text only in :func:`format_summary_table`): ``method``, ``steps``,
@@ -180,6 +182,7 @@ def summarize(
         "global_m_F_peak": max(global_mf) if global_mf else None,
         "true_kl_peak": max(true_kl) if true_kl else None,
         **_kl_scale_stats(history),
+        "unmodelled_options": ", ".join(unmodelled) or None,
         "wall_time_s": wall_time_s,
         "granularity": granularity,
         "masking": masking,
@@ -252,6 +255,7 @@ _ROWS = (
     ("KL budget lr scale, median", "kl_scale_median", "{:.3g}"),
     ("  steps scaled", "kl_steps_scaled", lambda s: f"{s['kl_steps_scaled']} of {s['kl_steps']}"),
     ("  lookahead forwards", "kl_lookaheads", "{:.0f}"),
+    ("step model leaves out", "unmodelled_options", "{}"),
     ("wall time (after imports)", "wall_time_s", "{:.0f} s"),
 )
 

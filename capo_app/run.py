@@ -16,6 +16,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from capo.config import CAPOConfig
 from capo.trainer import CAPOTrainer
+from capo.trl_options import unmodelled
 from capo_app import report
 from capo_app.callbacks import (
     AccuracyCallback,
@@ -224,6 +225,7 @@ def run_description(script_args: ScriptArguments, config: CAPOConfig) -> dict[st
         "granularity": str(getattr(config, "capo_granularity", "token")),
         "masking": bool(config.capo_enabled),
         "kl_budget": config.capo_kl_budget,
+        "unmodelled": unmodelled(config),
         "title": f"{label} · {Path(script_args.model_name_or_path).name} · "
         f"{Path(script_args.dataset_name).name}",
         "model": script_args.model_name_or_path,
@@ -338,7 +340,7 @@ def _log(
     """The log object (:mod:`capo_app.report`): summary, run, per-step history, accuracy points."""
     summary = report.summarize(
         history, points, method=run["label"], wall_time_s=seconds,
-        granularity=run["granularity"], masking=run["masking"],
+        granularity=run["granularity"], masking=run["masking"], unmodelled=run["unmodelled"],
     )  # fmt: skip
     return {"summary": summary, "run": run, "history": history, "test_accuracy": points}
 
