@@ -236,13 +236,18 @@ def _stand_in(
     samples = make_arithmetic_dataset(
         16, "train", seed=0, prompt_format=train_prompt_format(script_args)
     )
-    trainer = CAPOTrainer(
-        model=model,
-        reward_funcs=rewards,
-        args=config,
-        train_dataset=samples,
-        processing_class=tokenizer,
-    )
+    with (
+        tempfile.TemporaryDirectory() as folder
+    ):  # β > 0: TRL loads its reference model by this path
+        model.save_pretrained(folder)
+        model.config._name_or_path = folder
+        trainer = CAPOTrainer(
+            model=model,
+            reward_funcs=rewards,
+            args=config,
+            train_dataset=samples,
+            processing_class=tokenizer,
+        )
     steps = int(values.get("max_steps") or -1)
     warmup = config.get_warmup_steps(steps) if steps > 0 else 0
     return StandIn(type(trainer).__name__, family, found, _dataset_note(script_args), warmup)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Iterable
 from typing import Any
+
+from capo_app.boundary import UsageError
 
 _NO = object()
 _TRUE = ("true", "yes", "y", "1", "on")
@@ -167,3 +170,84 @@ def checked_values(
             )
         out[name] = converted
     return out
+
+
+#: The range of each number a run or an evaluation takes: ``(low, low included, high, high included)``
+#: (None: unbounded). ``None`` values are not checked (they mean "the default").
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "learning_rate": (0, False, None, False),
+    "temperature": (0, False, None, False),
+    "top_p": (0, False, 1, True),
+    "top_k": (0, True, None, False),
+    "min_p": (0, True, 1, True),
+    "repetition_penalty": (0, False, None, False),
+    "beta": (0, True, None, False),
+    "epsilon": (0, True, None, False),
+    "epsilon_high": (0, True, None, False),
+    "num_iterations": (1, True, None, False),
+    "num_generations": (2, True, None, False),
+    "steps_per_generation": (1, True, None, False),
+    "generation_batch_size": (1, True, None, False),
+    "delta": (0, False, None, False),
+    "top_entropy_quantile": (0, True, 1, True),
+    "entropy_coef": (0, True, None, False),
+    "off_policy_mask_threshold": (0, False, None, False),
+    "num_train_epochs": (0, False, None, False),
+    "capo_support_size": (1, True, None, False),
+    "capo_chunk_size": (1, True, None, False),
+    "hessian_low": (None, False, None, False),
+    "hessian_high": (None, False, None, False),
+    "fisher_max": (0, False, None, False),
+    "capo_kl_max_scale": (1, True, None, False),
+    "per_device_train_batch_size": (1, True, None, False),
+    "gradient_accumulation_steps": (1, True, None, False),
+    "max_completion_length": (1, True, None, False),
+    "warmup_steps": (0, True, None, False),
+    "warmup_ratio": (0, True, 1, True),
+    "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, True, None, False),
+    "logging_steps": (0, False, None, False),
+    "seed": (0, True, 2**32 - 1, True),
+    "capo_kl_budget": (0, False, None, False),
+    "num_train_problems": (1, True, None, False),
+    "num_test_problems": (0, True, None, False),
+    "max_prompt_length": (1, True, None, False),
+    "eval_every": (0, True, None, False),
+    "eval_max_new_tokens": (1, True, None, False),
+    "cpu_threads": (1, True, None, False),
+    "warm_start_steps": (0, True, None, False),
+    "expected_num_processes": (1, True, None, False),
+    "completions_per_step": (1, True, None, False),
+}
+
+
+def _interval(low: float | None, low_in: bool, high: float | None, high_in: bool) -> str:
+    if low is None and high is None:
+        return "a finite number"
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_ranges(values: Any, names: Any = None, prefix: str = "") -> None:
+    """Refuse a number outside its :data:`RANGES` interval (NaN and ±inf included), naming the field and value.
+
+    Args:
+        values: An object with the fields as attributes (a config, parsed arguments).
+        names: The fields to check (default: every one of :data:`RANGES` the object has).
+        prefix: Written before the name in the message (``--`` for ``capo eval``'s options).
+    """
+    for name in names if names is not None else RANGES:
+        value = getattr(values, name, None)
+        if value is None or name not in RANGES:
+            continue
+        low, low_in, high, high_in = RANGES[name]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (low is None or value > low or (low_in and value == low))
+        ok = ok and (high is None or value < high or (high_in and value == high))
+        if not ok:
+            option = prefix + (name.replace("_", "-") if prefix else name)
+            interval = _interval(low, low_in, high, high_in)
+            if isinstance(value, float) and math.isinf(value) and low is not None:
+                interval = f"finite and {interval}"
+            raise UsageError(f"{option} must be {interval}, got {value}")

@@ -90,7 +90,7 @@ def test_multiple_choice_gold_letter_points_at_the_correct_option(tmp_path):
 
 @pytest.mark.skipif(vllm_available(), reason="vllm is installed")
 def test_vllm_backend_without_vllm_raises_a_clear_error():
-    with pytest.raises(ImportError, match="pip install 'capo\\[vllm\\]'"):
+    with pytest.raises(ImportError, match="pip install 'capo-rl\\[vllm\\]'"):
         generate_vllm("model", None, ["x"])
 
 
