@@ -46,7 +46,7 @@ from capo_app.recipe import (
 )
 from capo_app.resume import ResumePoint, run_identity
 from capo_app.rewards import reward_functions
-from capo_app.run_folder import LOG_FILE
+from capo_app.run_folder import LOG_FILE, record_run_files
 from capo_app.run_record import RunRecorder
 from capo_app.tiny import (
     build_tiny_model,
@@ -360,3 +360,4 @@ def _write_outputs(log: dict[str, Any], out: Path, fmt: PromptFormat, plots: boo
     for path in written:
         print(f"plot: {path}")
     print(f"model: {out} (capo eval --model {out} --benchmarks ... prompts it as it was trained)")
+    record_run_files(out)

@@ -1,19 +1,25 @@
 """What a ``capo train`` output folder holds, and how a new run claims one.
 
-A run leaves its model and tokenizer, ``log.json``, the PNG plots, :data:`PROMPT_FILE` (how the model was prompted,
-read back by ``capo eval``), TRL's checkpoints, and ``capo eval``'s default results folder :data:`EVAL_DIR`. A new
-run into a folder that holds another one is refused unless asked to overwrite (the old run's artefacts are then
-removed, other files are left alone) or to resume it.
+A run leaves its model and tokenizer, TRL's model card ``README.md``, ``log.json``, the PNG plots,
+:data:`PROMPT_FILE` (how the model was prompted, read back by ``capo eval``), TRL's checkpoints, and ``capo
+eval``'s default results folder :data:`EVAL_DIR`. Which files are the run's is recorded in the folder itself,
+:data:`RUN_FILES` (written when the run claims the folder, at each checkpoint and at the end; ``capo eval`` adds
+what it writes there): only those are ever removed. A new run into a folder that holds another run is refused
+unless asked to overwrite (exactly the recorded files are then removed, and the folders they leave empty) or to
+resume it; a folder holding a file a run would write that no run of ours wrote (a model, a ``README.md``, a
+``log.json`` of someone else) is refused, overwrite or not.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from capo_app.checks import UsageError
 
+RUN_FILES = "capo_run_files.json"
 LOG_FILE = "log.json"
 PROMPT_FILE = "capo_prompt.json"
 EVAL_DIR = "capo_eval"
@@ -41,19 +47,68 @@ MODEL_FILES = (
     "added_tokens.json",
     "adapter_config.json",
     "adapter_model.safetensors",
+    "README.md",
 )
-_RUN_MARKERS = (LOG_FILE, PROMPT_FILE, "model.safetensors", "model.safetensors.index.json")
 _RUN_GLOBS = ("checkpoint-*", "model-*.safetensors", EVAL_DIR, "runs")
 
 
 def run_artefacts(folder: str | os.PathLike[str]) -> list[Path]:
-    """The files and folders of a run present in ``folder`` (empty when it holds none)."""
+    """The files and folders present in ``folder`` that a run writes (by name; empty when none)."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    names = (LOG_FILE, PROMPT_FILE, *PLOT_FILES, *MODEL_FILES)
+    names = (LOG_FILE, PROMPT_FILE, *PLOT_FILES, *MODEL_FILES)  # not RUN_FILES: a bare claim holds no run
     found = [root / name for name in names if (root / name).exists()]
     return found + sorted(p for pattern in _RUN_GLOBS for p in root.glob(pattern))
+
+
+def _files_under(root: Path, paths: Iterable[Path]) -> set[str]:
+    """Every file at or below ``paths``, relative to ``root`` (POSIX separators)."""
+    out = set()
+    for path in paths:
+        found = path.rglob("*") if path.is_dir() else [path]
+        out |= {p.relative_to(root).as_posix() for p in found if p.is_file()}
+    return out
+
+
+def _manifest(folder: str | os.PathLike[str]) -> dict[str, list[str]] | None:
+    path = Path(folder) / RUN_FILES
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
+
+
+def record_run_files(folder: str | os.PathLike[str]) -> None:
+    """Record as the run's every file in ``folder`` but those that were there when the run claimed it."""
+    root = Path(folder)
+    manifest = _manifest(root) or {
+        "preexisting": sorted(_files_under(root, root.iterdir())),
+        "files": [],
+    }
+    files = _files_under(root, root.iterdir()) - set(manifest["preexisting"]) - {RUN_FILES}
+    manifest["files"] = sorted(files | set(manifest["files"]))
+    (root / RUN_FILES).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def add_run_files(folder: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Add files written into a run's folder after the run (``capo eval``'s) to its record, if it has one."""
+    root = Path(folder)
+    manifest = _manifest(root)
+    if manifest is None:
+        return
+    added = {Path(p).resolve().relative_to(root.resolve()).as_posix() for p in paths}
+    manifest["files"] = sorted(set(manifest["files"]) | added)
+    (root / RUN_FILES).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _foreign(folder: str | os.PathLike[str]) -> list[str]:
+    """Files a run would write that the folder's record does not list as a run's (all of them without one)."""
+    root = Path(folder)
+    manifest = _manifest(root)
+    ours = set(manifest["files"]) if manifest else set()
+    return sorted(_files_under(root, run_artefacts(root)) - ours - {RUN_FILES})
 
 
 #: Weights and adapters in the formats a folder may hold (a run of ours writes safetensors only).
@@ -74,8 +129,8 @@ def holds_run(folder: str | os.PathLike[str]) -> bool:
 
 
 def is_ours(folder: str | os.PathLike[str]) -> bool:
-    """True when ``folder`` was written by ``capo train`` (its log or its prompt file is there)."""
-    return any((Path(folder) / name).exists() for name in (LOG_FILE, PROMPT_FILE))
+    """True when every file in ``folder`` that a run would write was written by a run of ours (recorded)."""
+    return _manifest(folder) is not None and not _foreign(folder)
 
 
 def check_claim(folder: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> None:
@@ -87,12 +142,12 @@ def check_claim(folder: str | os.PathLike[str], *, overwrite: bool, resume: bool
     """
     if resume or not holds_run(folder):
         return
+    foreign = _foreign(folder) or sorted(p.name for p in Path(folder).iterdir())
     if not is_ours(folder):
-        names = sorted(p.name for p in Path(folder).iterdir())[:4]
         raise UsageError(
-            f"{folder} holds files capo train did not write ({', '.join(names)}, ...): a model or notes "
-            "of someone else, which --overwrite_output_dir would not remove; use --output-dir DIR for a "
-            "new folder"
+            f"{folder} holds files capo train did not write ({', '.join(foreign[:4])}, ...): a model or "
+            "notes of someone else, which --overwrite_output_dir would not remove; use --output-dir DIR "
+            "for a new folder"
         )
     if not overwrite:
         raise UsageError(
@@ -113,10 +168,26 @@ def claim_output_dir(folder: str | os.PathLike[str], *, overwrite: bool, resume:
         UsageError: See :func:`check_claim`.
     """
     check_claim(folder, overwrite=overwrite, resume=resume)
-    if resume or not holds_run(folder):
+    if (
+        os.environ.get("RANK", "0") != "0"
+    ):  # a launched run's other processes: rank 0 prepares the folder
         return
-    for path in run_artefacts(folder):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    root = Path(folder)
+    manifest = _manifest(root)
+    if not resume and manifest is not None:
+        for name in manifest["files"]:
+            (root / name).unlink(missing_ok=True)
+        for name in sorted({str(Path(n).parent) for n in manifest["files"]}, key=len, reverse=True):
+            _remove_empty(root, root / name)
+        (root / RUN_FILES).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    record_run_files(root)
+
+
+def _remove_empty(root: Path, folder: Path) -> None:
+    """Remove ``folder`` and its parents up to ``root`` (excluded) while they are empty."""
+    while (
+        folder != root and root in folder.parents and folder.is_dir() and not any(folder.iterdir())
+    ):
+        folder.rmdir()
+        folder = folder.parent

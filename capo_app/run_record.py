@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from capo.checkpoint import atomic_write
 from capo_app.report import history_from_log_history
 from capo_app.resume import RUN_RECORD_FILE, ResumePoint
+from capo_app.run_folder import record_run_files
 
 __all__ = ["RunRecorder"]
 
@@ -84,6 +85,7 @@ class RunRecorder(TrainerCallback):
         if state.is_world_process_zero and os.path.isdir(folder):
             text = json.dumps(self.record(state), allow_nan=True).encode()
             atomic_write(os.path.join(folder, RUN_RECORD_FILE), lambda f: f.write(text))
+            record_run_files(str(args.output_dir))
 
     def annotate(self, log: dict[str, Any]) -> None:
         """Say in the log (run, summary, plot titles) that the run was resumed and from where."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from capo_app.checks import UsageError, check_evaluation, check_writable_dir
 from capo_app.evaluation.registry import BENCHMARKS
-from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE
+from capo_app.run_folder import EVAL_DIR, EVAL_RESULTS_FILE, add_run_files
 
 if TYPE_CHECKING:
     from capo_app.data.prompts import PromptFormat
@@ -164,6 +164,8 @@ def run_eval(args: argparse.Namespace) -> int:
         "source": fmt_source,
     }
     path = write_results(results, folder, settings)
+    if Path(args.model).is_dir() and Path(args.model).resolve() in path.resolve().parents:
+        add_run_files(args.model, [path])  # in a run's folder: the run's own file from now on
     print(f"prompt format: {fmt_source}")
     print(format_table(results))
     print(f"wrote {path}")

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from capo_app.cli import main as capo_main
+from capo_app.run_folder import claim_output_dir, record_run_files
 from tests.capo._tiny_model import warm_tiny_dir
 
 FAST_TINY = ["--warm_start_steps", "0", "--disable_tqdm", "true"]
@@ -168,6 +169,10 @@ def test_missing_question_column_names_the_file_and_no_unavailable_option(tmp_pa
 
 def test_a_folder_holding_another_run_is_refused_before_anything_loads(tmp_path, capsys):
     out = tmp_path / "out"
-    shutil.copytree(warm_tiny_dir(), out)
+    claim_output_dir(
+        out, overwrite=False, resume=False
+    )  # a run of ours: claimed, written, recorded
+    shutil.copytree(warm_tiny_dir(), out, dirs_exist_ok=True)
     (out / "log.json").write_text("{}")
+    record_run_files(out)
     train_refused(capsys, tmp_path, [], f"{out} holds another run", "--overwrite_output_dir true")

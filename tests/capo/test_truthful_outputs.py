@@ -12,7 +12,7 @@ from capo_app.data import MATH_PROMPT, TINY_PROMPT, load_prompt_format, save_pro
 from capo_app.evaluation.cli import prompt_format
 from capo_app.recipe import ScriptArguments, parse_recipe
 from capo_app.run import load_test_set, run_description
-from capo_app.run_folder import claim_output_dir
+from capo_app.run_folder import claim_output_dir, record_run_files
 from tests.capo._tiny_model import warm_tiny_dir
 
 
@@ -70,24 +70,39 @@ def test_a_launch_whose_processes_would_each_train_alone_is_refused():
 
 
 def test_overwriting_a_run_folder_removes_that_runs_artefacts_and_nothing_else(tmp_path):
-    for name in (
-        "log.json",
-        "curvature.png",
-        "model.safetensors",
-        "config.json",
-        "capo_prompt.json",
-        "notes.txt",
-    ):
+    """Exactly the files the run recorded go; a user's notes beside it stay; a user's file inside the run's
+    folders is refused in one line, never removed."""
+    (tmp_path / "notes.txt").write_text("x")
+    claim_output_dir(tmp_path, overwrite=False, resume=False)  # the run claims the folder
+    for name in ("log.json", "curvature.png", "model.safetensors", "config.json", "capo_prompt.json",
+                 "README.md", "checkpoint-2/model.safetensors", "capo_eval/eval_results.json"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
-    for folder in ("checkpoint-2", "capo_eval"):
-        (tmp_path / folder).mkdir()
+    record_run_files(tmp_path)  # the run ends
     with pytest.raises(UsageError, match="holds another run"):
         claim_output_dir(tmp_path, overwrite=False, resume=False)
     claim_output_dir(tmp_path, overwrite=False, resume=True)
-    assert len(list(tmp_path.iterdir())) == 8
+    assert (
+        len(list(tmp_path.rglob("*"))) == 12
+    )  # resuming keeps all: 8 files, 2 folders, notes, record
+    mine = tmp_path / "checkpoint-2" / "mine.txt"
+    mine.write_text("a user's file in the run's folder: TRL's checkpoint rotation would delete it")
+    with pytest.raises(UsageError, match=r"did not write \(checkpoint-2/mine.txt"):
+        claim_output_dir(tmp_path, overwrite=True, resume=False)
+    mine.unlink()
     claim_output_dir(tmp_path, overwrite=True, resume=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-    claim_output_dir(tmp_path, overwrite=False, resume=False)  # nothing of a run is left
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == ["capo_run_files.json", "notes.txt"]  # the new run's claim, and the user's notes
+
+
+@pytest.mark.parametrize("name", ["README.md", "log.json", "capo_prompt.json"])
+def test_a_users_file_with_a_run_files_name_is_never_taken_for_a_run(tmp_path, name):
+    """A README.md, log.json or capo_prompt.json no run of ours wrote is refused, overwrite or not."""
+    (tmp_path / name).write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="did not write"):
+            claim_output_dir(tmp_path, overwrite=overwrite, resume=False)
+    assert (tmp_path / name).read_text() == "mine"
 
 
 def test_eval_prompts_a_trained_model_as_its_folder_says(tmp_path):
