@@ -57,7 +57,12 @@ def run_artefacts(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         return []
-    names = (LOG_FILE, PROMPT_FILE, *PLOT_FILES, *MODEL_FILES)  # not RUN_FILES: a bare claim holds no run
+    names = (
+        LOG_FILE,
+        PROMPT_FILE,
+        *PLOT_FILES,
+        *MODEL_FILES,
+    )  # not RUN_FILES: a bare claim holds no run
     found = [root / name for name in names if (root / name).exists()]
     return found + sorted(p for pattern in _RUN_GLOBS for p in root.glob(pattern))
 
