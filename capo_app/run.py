@@ -11,7 +11,13 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 from transformers.trainer_callback import ProgressCallback
 
 from capo.config import CAPOConfig
@@ -125,24 +131,62 @@ def load_train_set(
 
 
 def usable_prompts(
-    train: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, script_args: ScriptArguments
+    train: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    script_args: ScriptArguments,
+    config: CAPOConfig,
+    model: Any,
 ) -> datasets.Dataset:
-    """The training prompts within ``max_prompt_length`` tokens.
+    """The training prompts within ``max_prompt_length`` tokens (default: what the model's context leaves).
+
+    Without ``max_prompt_length`` a prompt may take the model's context (``max_position_embeddings``) less
+    ``max_completion_length``: a longer one could not be trained on (and once grew memory until the process was
+    killed).
 
     Raises:
-        UsageError: When none is left to train on.
+        UsageError: When the completion cap leaves no room for a prompt, or no prompt is left to train on.
     """
-    total = len(train)
-    if script_args.max_prompt_length is not None:
-        train = filter_long_prompts(train, tokenizer, script_args.max_prompt_length)
+    total, limit = len(train), script_args.max_prompt_length
+    context = _context_length(model, tokenizer)
+    if limit is None and context is not None:
+        limit = context - int(config.max_completion_length or 0)
+        if limit < 1:
+            raise UsageError(
+                f"max_completion_length {config.max_completion_length} leaves no room for a prompt in the "
+                f"model's context of {context} tokens"
+            )
+    if limit is not None:
+        train = filter_long_prompts(train, tokenizer, limit)
     if len(train) == 0:
         why = (
-            f"all {total} prompts are longer than max_prompt_length {script_args.max_prompt_length} tokens"
+            f"all {total} prompts are longer than {limit} tokens"
+            + (
+                ""
+                if script_args.max_prompt_length
+                else " (the model's context less the completion cap)"
+            )
             if total
             else f"{script_args.dataset_name} [{script_args.dataset_train_split}] has no rows"
         )
         raise UsageError(f"no training prompt left: {why}")
     return train
+
+
+def _context_length(model: Any, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The policy's context in tokens, or None when nothing says.
+
+    Its config's ``max_position_embeddings`` (a hub id's config is read), else the tokenizer's
+    ``model_max_length`` when that is a real bound.
+    """
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is None and isinstance(model, str):
+        try:
+            positions = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+        except (OSError, ValueError):
+            positions = None
+    if positions is None and 0 < int(tokenizer.model_max_length) < 10**7:
+        positions = tokenizer.model_max_length
+    return None if positions is None else int(positions)
 
 
 def load_test_set(
@@ -297,7 +341,7 @@ def train(
     train_set = load_train_set(script_args, config, fmt)
     test_set = load_test_set(script_args, config, fmt)
     model, tokenizer = load_policy(script_args, config)
-    train_set = usable_prompts(train_set, tokenizer, script_args)
+    train_set = usable_prompts(train_set, tokenizer, script_args, config, model)
     trainer = _build_trainer(config, model, tokenizer, rewards, train_set)
     check_evaluation_sharding(test_set is not None, model)
     per_step = completions_per_step(config, trainer.accelerator.num_processes)
