@@ -88,7 +88,7 @@ def _curve(
 def accuracy_and_reward(
     history: Records, test_accuracy: Records, path: Path, title: str
 ) -> Path | None:
-    """Train reward and held-out accuracy against the number of completions generated."""
+    """Train reward and held-out accuracy against the number of completions trained on."""
     x_key = "completions" if any("completions" in r for r in history) else "step"
     xs, ys = series(history, REWARD, x=x_key)
     points = [p for p in test_accuracy if isinstance(p.get("accuracy"), int | float)]
@@ -124,7 +124,7 @@ def accuracy_and_reward(
                 color="#d62728",
             )
     ax.set_ylim(-0.02, 1.02)
-    _style(ax, "completions generated" if x_key == "completions" else "optimizer step", "reward / accuracy",
+    _style(ax, "completions trained on" if x_key == "completions" else "optimizer step", "reward / accuracy",
            "accuracy and reward vs. completions")  # fmt: skip
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path, title)

@@ -5,6 +5,7 @@ Imported only when a run starts (it imports torch, transformers, TRL and dataset
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,20 @@ def completions_per_step(config: CAPOConfig, num_processes: int) -> int:
     )
 
 
+def completions_generated(config: CAPOConfig, num_processes: int, steps: int) -> int:
+    """Completions TRL generated for ``steps`` optimizer steps (what the paper's sample efficiency counts).
+
+    One generation of ``per_device_train_batch_size × steps_per_generation × processes`` completions serves
+    ``steps_per_generation × num_iterations / gradient_accumulation_steps`` optimizer steps, so with several
+    iterations per generation, or a generation spanning several steps, it differs from the completions
+    trained on (:func:`completions_per_step` × steps).
+    """
+    ga, per_gen = int(config.gradient_accumulation_steps), int(config.steps_per_generation or 1)
+    steps_per_generation = per_gen * int(config.num_iterations) / ga
+    generations = math.ceil(steps / steps_per_generation - 1e-9) if steps > 0 else 0
+    return generations * int(config.per_device_train_batch_size) * per_gen * num_processes
+
+
 def method_label(config: CAPOConfig) -> str:
     """The method as trained: its registry label, plus the KL budget when one scales the steps (not CAPO)."""
     label = effective_method(config).label
@@ -372,6 +387,10 @@ def train(
     run = {**run_description(script_args, config), "num_processes": trainer.accelerator.num_processes,
            "completions_per_step": per_step}  # fmt: skip
     log = _log(run, history, tracker.points, time.perf_counter() - start)
+    steps = int(log["summary"]["steps"] or 0)
+    log["summary"]["completions_generated"] = completions_generated(
+        config, trainer.accelerator.num_processes, steps
+    )
     recorder.annotate(log)
     if main_process:
         _write_outputs(log, Path(str(config.output_dir)), fmt, script_args.plots)

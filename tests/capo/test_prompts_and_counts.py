@@ -1,5 +1,6 @@
-"""Without --max_prompt_length, training prompts that do not fit the model's context beside the completion cap
-are dropped with a line saying how many; a cap that leaves no room is one usage error."""
+"""What a run keeps and counts: without --max_prompt_length, prompts that do not fit the model's context beside
+the completion cap are dropped with a line saying how many (a cap that leaves no room is one usage error);
+completions generated are counted apart from completions trained on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from datasets import Dataset
 
 from capo_app.checks import UsageError
-from capo_app.run import usable_prompts
+from capo_app.run import completions_generated, usable_prompts
 from capo_app.tiny import build_tiny_tokenizer
 
 MODEL = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
@@ -52,3 +53,19 @@ def test_no_prompt_left_names_the_limit():
             SimpleNamespace(max_completion_length=40),
             MODEL,
         )
+
+
+@pytest.mark.parametrize(
+    ("num_iterations", "steps_per_generation", "generated"),
+    [(1, 1, 192), (2, 1, 128), (1, 2, 256)],  # 3 steps of 64: trained on 192 in every case
+)
+def test_generated_completions_count_the_generations(
+    num_iterations, steps_per_generation, generated
+):
+    """Several iterations per generation generate fewer than are trained on; a generation spanning two steps,
+    generated ahead, more."""
+    config = SimpleNamespace(
+        per_device_train_batch_size=64, gradient_accumulation_steps=1,
+        steps_per_generation=steps_per_generation, num_iterations=num_iterations,
+    )  # fmt: skip
+    assert completions_generated(config, 1, 3) == generated
