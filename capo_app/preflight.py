@@ -24,8 +24,9 @@ def preflight(script_args: Any, config: Any) -> ResumePoint | None:
     """
     check_training(script_args, config)
     resume = resume_point(
-        str(config.output_dir), config.resume_from_checkpoint, script_args.resume_without_capo_state
-    )
+        str(config.output_dir), config.resume_from_checkpoint, script_args.resume_without_capo_state,
+        int(config.max_steps),
+    )  # fmt: skip
     if resume is not None:
         check_same_run(resume, run_identity(script_args, config))
     check_claim(

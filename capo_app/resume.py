@@ -136,8 +136,12 @@ def _checked(path: str, without_capo_state: bool) -> ResumePoint:
     return ResumePoint(path, step, _read(path, RUN_RECORD_FILE))
 
 
+class RunComplete(Exception):
+    """``--resume_from_checkpoint true`` on a run that finished every requested step: nothing to train."""
+
+
 def resume_point(
-    output_dir: str, request: str | None, without_capo_state: bool = False
+    output_dir: str, request: str | None, without_capo_state: bool = False, max_steps: int = -1
 ) -> ResumePoint | None:
     """Resolve ``--resume_from_checkpoint`` (module doc): the checkpoint to resume from, or None for a fresh run.
 
@@ -145,9 +149,11 @@ def resume_point(
         output_dir: The run's output folder.
         request: A checkpoint folder, ``true`` (the last complete checkpoint of ``output_dir``), or None/``false``.
         without_capo_state: Accept a named checkpoint that lacks the CAPO state (the moments restart from zero).
+        max_steps: The steps the run asks for (a finished run with as many is complete).
 
     Raises:
         ResumeError: The checkpoint cannot be resumed from.
+        RunComplete: The folder's run finished every requested step without a checkpoint.
     """
     text = "" if request is None else str(request).strip()
     if text.lower() in _NONE:
@@ -165,6 +171,11 @@ def resume_point(
             output_dir
         ):  # a run that saved no checkpoint: nothing to continue
             steps = finished_steps(output_dir)
+            if steps is not None and 0 < max_steps <= steps:
+                raise RunComplete(
+                    f"capo train: the run in {output_dir} is complete ({steps} optimizer steps); "
+                    "nothing to train"
+                )
             state = "was stopped" if steps is None else f"finished after {steps} optimizer steps"
             raise ResumeError(
                 f"{output_dir} holds a run that {state} without saving a checkpoint, so there is nothing to "

@@ -25,7 +25,7 @@ from capo_app.launch import (
 )
 from capo_app.preflight import preflight
 from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
-from capo_app.resume import ResumePoint, is_complete
+from capo_app.resume import ResumePoint, RunComplete, is_complete
 from capo_app.run_folder import claim_output_dir
 
 if TYPE_CHECKING:
@@ -121,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         script_args, config, _ = parse_recipe(argv, overrides=launch_overrides())
     except (ValueError, OSError, yaml.YAMLError) as error:  # the recipe or an option is invalid
         raise UsageError(_one_line(error)) from error
-    resume = preflight(script_args, config)
+    try:
+        resume = preflight(script_args, config)
+    except RunComplete as done:
+        print(done)
+        return 0
     if resume is not None and is_complete(resume, int(config.max_steps)):
         print(
             f"capo train: the run in {config.output_dir} is complete ({resume.step} optimizer steps, "

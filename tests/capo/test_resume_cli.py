@@ -188,10 +188,12 @@ def test_resuming_with_settings_that_change_the_run_is_refused(
 
 def test_resuming_a_run_that_saved_no_checkpoint_is_one_line_not_a_fresh_start(tmp_path):
     """A finished run without checkpoints is named as such; resuming neither retrains nor tramples it."""
-    from capo_app.resume import ResumeError, resume_point
+    from capo_app.resume import ResumeError, RunComplete, resume_point
 
     (tmp_path / "log.json").write_text(json.dumps({"summary": {"steps": 8}}))
     with pytest.raises(ResumeError, match="finished after 8 optimizer steps without saving"):
-        resume_point(str(tmp_path), "true")
+        resume_point(str(tmp_path), "true", max_steps=10)  # asks for more than it has: nothing to go on
+    with pytest.raises(RunComplete, match="is complete \\(8 optimizer steps\\); nothing to train"):
+        resume_point(str(tmp_path), "true", max_steps=8)  # capo train says so and exits 0
     (tmp_path / "log.json").unlink()
     assert resume_point(str(tmp_path), "true") is None  # an empty folder: a fresh start
