@@ -192,7 +192,7 @@ def test_resuming_a_run_that_saved_no_checkpoint_is_one_line_not_a_fresh_start(t
 
     (tmp_path / "log.json").write_text(json.dumps({"summary": {"steps": 8}}))
     with pytest.raises(ResumeError, match="finished after 8 optimizer steps without saving"):
-        resume_point(str(tmp_path), "true", max_steps=10)  # asks for more than it has: nothing to go on
+        resume_point(str(tmp_path), "true", max_steps=10)  # it asks for more: nothing to go on
     with pytest.raises(RunComplete, match="is complete \\(8 optimizer steps\\); nothing to train"):
         resume_point(str(tmp_path), "true", max_steps=8)  # capo train says so and exits 0
     (tmp_path / "log.json").unlink()
