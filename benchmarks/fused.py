@@ -32,6 +32,7 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import positive_int
 from cases import LR, make_case, max_rel_err
 from measure import timed
 
@@ -106,8 +107,12 @@ def fused_text(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shape (seconds)")
-    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument(
+        "--reps", type=positive_int, default=5, help="interleaved repetitions (default 5)"
+    )
+    ap.add_argument(
+        "--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="write fused.json here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from arguments import non_negative_int, positive_int
 
 MODELS = ("last_layer", "lookahead")
 TIMED = ("predict", "true_kl")
@@ -124,10 +125,16 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the interleaved rounds, print the table, write ``kl_budget.json`` under ``--out``."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
-    ap.add_argument("--skip", type=int, default=2, help="warm-up steps dropped (lr 0 at step 1)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of both models")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--steps", type=positive_int, default=6, help="optimizer steps per run")
+    ap.add_argument(
+        "--skip", type=non_negative_int, default=2, help="warm-up steps dropped (lr 0 at step 1)"
+    )
+    ap.add_argument(
+        "--rounds", type=positive_int, default=2, help="interleaved rounds of both models"
+    )
+    ap.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (default: torch's)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.threads:

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from arguments import non_negative_int, positive_int
+
 from capo import metrics
 
 DELTAS = (1e-4, 1e-3)
@@ -68,8 +70,8 @@ def summary(rows: list[dict]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run every (δ, rule, seed), print the table, write ``kl_budget_holds.json`` (raw rows included)."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=positive_int, default=50)
+    ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     results = []

@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from allocations import OpCounter
+from arguments import positive_int
 from projection_step import Hardware, measure_true_kl
 
 from capo_app.kl_budget_plan import extra_memory_mib
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small KL chunk for the counted scratch")
     ap.add_argument("--measure", action="store_true")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=positive_int, default=6)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from capo_app.launch import skip_unused_deepspeed_build

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import positive_int
 from projection_step import (
     MICRO_PHASES,
     STEP_END_PHASES,
@@ -279,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: project, print the table, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small target shape (seconds)")
-    ap.add_argument("--tokens-per-micro-batch", type=int, default=None)
-    ap.add_argument("--micro-batches", type=int, default=None)
-    ap.add_argument("--unique-rows", type=int, default=None, help="U (default: min(V, n·k))")
+    ap.add_argument("--tokens-per-micro-batch", type=positive_int, default=None)
+    ap.add_argument("--micro-batches", type=positive_int, default=None)
+    ap.add_argument(
+        "--unique-rows", type=positive_int, default=None, help="U (default: min(V, n·k))"
+    )
     ap.add_argument(
         "--chunk-size", type=int, default=None,
         help="capo_chunk_size (default: None, the library's CUDA default for the target's shapes)",

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import positive_int
 from cases import LR, make_case, moments_agreement, ops_for
 from fused import SHAPES as FUSED_SHAPES
 from fused import fused_comparison, fused_text
@@ -303,16 +304,29 @@ def run_meta(threads: int, reps: int) -> dict:
     }
 
 
+SECTIONS = {"scaling", "sweep", "fused"}
+"""``--only`` names besides the cases: the scaling fits, the chunk sweep, the fused comparison."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, 1 repetition (CI smoke)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and table.txt")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per implementation")
+    ap.add_argument(
+        "--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)"
+    )
+    ap.add_argument(
+        "--reps", type=positive_int, default=None, help="timed repetitions per implementation"
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--only", default=None, help="comma-separated case names to run")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    known = {name for plan in PLANS.values() for name, _, _ in plan["cases"]} | SECTIONS
+    unknown = sorted(set(args.only.split(",")) - known) if args.only else []
+    if unknown:
+        ap.error(f"--only: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from arguments import non_negative_int, positive_int
 
 METHODS = {
     "grpo": ["--method", "grpo", "--capo_log_true_kl", "false"],
@@ -143,10 +144,16 @@ def run_once(method: str, steps: int, seed: int, workdir: Path) -> Recorder:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
-    ap.add_argument("--skip", type=int, default=1, help="warm-up steps dropped from the medians")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all methods")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--steps", type=positive_int, default=6, help="optimizer steps per run")
+    ap.add_argument(
+        "--skip", type=non_negative_int, default=1, help="warm-up steps dropped from the medians"
+    )
+    ap.add_argument(
+        "--rounds", type=positive_int, default=2, help="interleaved rounds of all methods"
+    )
+    ap.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (default: torch's)"
+    )
     ap.add_argument("--methods", default="grpo,capo,capo+fused,capo+kl")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
