@@ -45,6 +45,8 @@ def check_report_to(report_to: Any) -> None:
 
 def check_writable_dir(folder: str | os.PathLike[str], option: str) -> None:
     """Refuse an output folder that cannot be created or written (a file in the way, a read-only parent)."""
+    if not str(folder).strip():
+        raise UsageError(f"{option} is empty: name a folder")
     path = Path(folder).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {folder}: exists and is not a folder")

@@ -220,11 +220,29 @@ class ScriptArguments:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not Path(path).is_file():
         raise ValueError(f"recipe {path}: no such file")
     with open(path) as handle:
-        loaded = yaml.safe_load(handle)
+        try:
+            loaded = yaml.load(handle, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as error:
+            raise ValueError(f"recipe {path}: {' '.join(str(error).split())}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -322,14 +340,36 @@ def resolve_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"unknown keys in {where}: {keys} (not fields of ScriptArguments or CAPOConfig)"
         )
-    namespace, extra = parser.parse_known_args(args=rest)
-    if extra:
-        raise ValueError(f"unknown arguments: {extra}")
     from capo.config import CAPOConfig
 
-    values = checked_values(vars(namespace), (ScriptArguments, CAPOConfig), untouched)
+    try:
+        namespace, extra = parser.parse_known_args(args=_negative_values_joined(rest))
+        values = checked_values(vars(namespace), (ScriptArguments, CAPOConfig), untouched)
+    except ValueError as error:
+        if config_path is None:
+            raise
+        raise ValueError(f"{error} (in {config_path} or on the command line)") from error
+    if extra:
+        raise ValueError(f"unknown arguments: {extra}")
     values["method"] = check_method(values.get("method"))
     return values
+
+
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
+def _negative_values_joined(argv: Sequence[str]) -> list[str]:
+    """``--option -1e-3`` as ``--option=-1e-3``.
+
+    Argparse takes a negative number in scientific notation for an option and says "expected one argument".
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def build_dataclasses(values: dict[str, Any]) -> tuple[ScriptArguments, CAPOConfig]:

@@ -63,6 +63,14 @@ ROWS = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]
             "synthetic_task must be one of easy, medium, hard, got 'extreme'",
         ),
         (["--num_train_problems", "0"], "num_train_problems must be >= 1"),
+        (["--learning_rate", "inf"], "learning_rate must be finite and > 0, got inf"),
+        (["--num_generations", "0"], "num_generations must be >= 2, got 0"),
+        (
+            ["--capo_kl_budget", "-1e-3"],
+            "capo_kl_budget must be > 0, got -0.001",
+        ),  # not "expected one argument"
+        (["--output-dir", ""], "output_dir is empty"),
+        (["--top_entropy_quantile", "0.5"], "top_entropy_quantile=0.5 with CAPO"),
     ],
 )
 def test_bad_training_settings_are_one_line_before_any_model_loads(tmp_path, capsys, args, needle):
@@ -176,3 +184,16 @@ def test_a_folder_holding_another_run_is_refused_before_anything_loads(tmp_path,
     (out / "log.json").write_text("{}")
     record_run_files(out)
     train_refused(capsys, tmp_path, [], f"{out} holds another run", "--overwrite_output_dir true")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("learning_rate: 1e-4\nlearning_rate: 2e-4\n", "key 'learning_rate' is written twice"),
+        ("learning_rate: abc\n", "invalid float value: 'abc' (in "),
+    ],
+)
+def test_a_recipe_error_names_the_recipe_file(tmp_path, capsys, text, needle):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    train_refused(capsys, tmp_path, ["--config", str(recipe)], needle, str(recipe))
