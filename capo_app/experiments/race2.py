@@ -335,6 +335,12 @@ def write_tuning_report(collected: dict[str, Any], out: Path, setup: RaceSetup) 
     lines += ["", "## Choice", ""]
     for family, c in collected["choice"].items():
         state = "final" if c["complete"] else "provisional (grid not finished)"
+        if family == "grpo_a":
+            lines.append(
+                f"- grpo_a (the pre-pilot, not a tuned arm: GRPO (A) runs at lr 1e-3 and its ×0.5 and ×0.2 "
+                f"are arms of their own): best {c['best']} ({state})"
+            )
+            continue
         lines.append(f"- {family}: **{c['best']}** ({state})")
     path = out / "tuning.md"
     path.write_text("\n".join(lines) + "\n")
