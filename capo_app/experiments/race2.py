@@ -38,6 +38,7 @@ import numpy as np
 
 from capo_app.experiments.race import FULL as RACE
 from capo_app.experiments.race import Store
+from capo_app.experiments.race2_report import write_race2_report
 from capo_app.experiments.race2_run import diagnosed_trainer
 from capo_app.experiments.race_run import RaceArm, RaceSetup, arm_lr
 
@@ -74,6 +75,8 @@ class Race2Config:
     evaluation: RaceSetup = EVALUATION_SETUP
     tuning_seeds: tuple[int, ...] = TUNING_SEEDS
     seeds: tuple[int, ...] = EVALUATION_SEEDS
+    reuse_conservative: bool = True
+    """Conservative GRPO from the race's runs (False: trained here, the smoke run's own)."""
 
 
 FULL = Race2Config()
@@ -212,6 +215,8 @@ def run_jobs(out: Path, cfg: Race2Config, say: Callable[[str], None], worker: bo
         final = all(c["complete"] for c in choice.values())
         if final and basis is not None:
             arms = evaluation_arms(choice, basis)
+            if not cfg.reuse_conservative:
+                arms = [RaceArm("conservative", "conservative"), *arms]
             todo += [(evaluating, a, s) for s in cfg.seeds for a in arms]
         ran, waiting = False, False
         for store, arm, seed in todo:
@@ -288,6 +293,32 @@ def collect(out: Path, cfg: Race2Config) -> dict[str, Any]:
     }
 
 
+def collect_evaluation(out: Path, cfg: Race2Config) -> dict[str, Any]:
+    """The evaluation runs saved so far, with the race's conservative runs as the reference arm."""
+    tuning = collect(out, cfg)
+    arms = [RaceArm("conservative", "conservative")]
+    if tuning["kl_basis"] is not None and all(c["complete"] for c in tuning["choice"].values()):
+        arms += evaluation_arms(tuning["choice"], tuning["kl_basis"])
+    race_raw = Path(__file__).resolve().parents[2] / "docs" / "race" / "raw"
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for arm in arms:
+        reused = arm.kind == "conservative" and cfg.reuse_conservative
+        folder = race_raw if reused else out / "raw"
+        recs = [
+            json.loads(p.read_text())
+            for s in cfg.seeds
+            if (p := folder / f"{arm.name}-{s}.json").exists()
+        ]
+        if recs:
+            runs[arm.name] = recs
+    choice = {f: c["best"] for f, c in tuning["choice"].items()}
+    return {
+        "arms": arms,
+        "runs": runs,
+        "tuning": {"kl_basis": tuning["kl_basis"], "choice": choice},
+    }
+
+
 def write_tuning_report(collected: dict[str, Any], out: Path, setup: RaceSetup) -> Path:
     """``tuning.json`` (grid, runs' curves, choice) and ``tuning.md`` from the saved runs."""
     arms, runs = collected["arms"], collected["runs"]
@@ -360,7 +391,8 @@ QUICK = Race2Config(
     tuning=replace(TUNING_SETUP, **_SMOKE, stop_at=2),  # type: ignore[arg-type]
     evaluation=replace(EVALUATION_SETUP, **_SMOKE),  # type: ignore[arg-type]
     tuning_seeds=(1000,),
-    seeds=(1,),
+    seeds=(1, 2),
+    reuse_conservative=False,
 )
 """The smoke configuration (seconds; not the race's results)."""
 
@@ -392,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_jobs(out, cfg, say, args.worker)
     out.mkdir(parents=True, exist_ok=True)
     print(f"report: {write_tuning_report(collect(out, cfg), out, cfg.tuning)}", flush=True)
+    report = write_race2_report(collect_evaluation(out, cfg), out, cfg.evaluation)
+    print(f"report: {report}", flush=True)
     return 0
 
 

@@ -21,6 +21,7 @@ from capo_app.experiments.race_run import (
 )
 from capo_app.experiments.race_verdict import (
     CRITERIA,
+    HOPED_RATIO,
     completions_to,
     crashed,
     final_score,
@@ -116,11 +117,13 @@ def _comp(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
-def results(collected: dict[str, Any]) -> dict[str, Any]:
+def results(
+    collected: dict[str, Any], labels: dict[str, str] = LABELS, hoped_ratio: float = HOPED_RATIO
+) -> dict[str, Any]:
     """The ``results.json`` object (needs the conservative and GRPO (A) arms)."""
     runs, arms = collected["runs"], {a.name: a for a in collected["arms"]}
     kinds = {name: arms[name].kind for name in runs}
-    verdict = judge(runs, kinds)
+    verdict = judge(runs, kinds, hoped_ratio)
     target = verdict["target"]
     out_arms = []
     for name, recs in runs.items():
@@ -128,7 +131,7 @@ def results(collected: dict[str, Any]) -> dict[str, Any]:
             {
                 "name": name,
                 "kind": kinds[name],
-                "label": LABELS[kinds[name]],
+                "label": labels[kinds[name]],
                 "arm": saved_fields(arms[name]),
                 "summary": verdict["arms"][name],
                 "seeds": [
@@ -161,7 +164,7 @@ def results(collected: dict[str, Any]) -> dict[str, Any]:
         "R1": verdict["R1"],
         "R2": verdict["R2"],
         "conservative_gain": verdict["conservative_gain"],
-        "delta": collected["delta"],
+        "delta": collected.get("delta"),
         "held_out": {"test_seed": TEST_SEED},
         "arms": out_arms,
     }
@@ -265,7 +268,13 @@ def _post_hoc(post_hoc: dict[str, Any], target: float) -> list[str]:
     return lines
 
 
-def _figures(collected: dict[str, Any], out: Path, target: float | None) -> list[str]:
+def _figures(
+    collected: dict[str, Any],
+    out: Path,
+    target: float | None,
+    title: str = "The race",
+    names: tuple[str, str] = FIGURES,
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,10 +301,10 @@ def _figures(collected: dict[str, Any], out: Path, target: float | None) -> list
         xlabel="completions seen (+1)",
         ylabel="held-out sampled accuracy (T=0.9, k=8)",
     )
-    ax.set_title("The race: sampled accuracy vs completions (mean ± SE over seeds)", fontsize=9)
+    ax.set_title(f"{title}: sampled accuracy vs completions (mean ± SE over seeds)", fontsize=9)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "race_accuracy.png", dpi=130)
+    fig.savefig(out / f"{names[0]}.png", dpi=130)
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (
@@ -319,9 +328,9 @@ def _figures(collected: dict[str, Any], out: Path, target: float | None) -> list
             ax.set_yscale("log")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "race_training.png", dpi=130)
+    fig.savefig(out / f"{names[1]}.png", dpi=130)
     plt.close(fig)
-    return [f"![{n}]({n}.png)" for n in FIGURES]
+    return [f"![{n}]({n}.png)" for n in names]
 
 
 def _smooth(x: np.ndarray, w: int) -> np.ndarray:

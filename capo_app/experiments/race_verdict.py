@@ -125,7 +125,9 @@ def _fin(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def judge(runs: dict[str, list[dict[str, Any]]], kinds: dict[str, str]) -> dict[str, Any]:
+def judge(
+    runs: dict[str, list[dict[str, Any]]], kinds: dict[str, str], hoped_ratio: float = HOPED_RATIO
+) -> dict[str, Any]:
     """The verdict and every check behind it; ``runs``: arm -> records, ``kinds``: arm -> kind."""
     by_kind = {kinds[a]: a for a in runs}
     cons, grpo = runs[by_kind["conservative"]], runs[by_kind["grpo_a"]]
@@ -151,7 +153,7 @@ def judge(runs: dict[str, list[dict[str, Any]]], kinds: dict[str, str]) -> dict[
             and boot["ratio_ci"][0] > 1
         )
         hoped = bool(
-            s and kinds[name] in CURVATURE_KINDS and crashes == 0 and boot["ratio"] >= HOPED_RATIO
+            s and kinds[name] in CURVATURE_KINDS and crashes == 0 and boot["ratio"] >= hoped_ratio
         )
         arms[name] = {**boot, "reached_clean": int(sum(reached)), "crashes": crashes}
         arms[name].update(n_seeds=len(recs), S=bool(s), hoped=hoped)
