@@ -21,7 +21,8 @@ about by :mod:`capo.trl_options`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
@@ -329,6 +330,14 @@ class CAPOConfig(GRPOConfig):
             setattr(self, name, value)
         if self.fisher_max is not None and not self.fisher_max > 0.0:
             raise ValueError(f"fisher_max must be > 0 or None, got {self.fisher_max}")
+        unused = {k: v for k, v in thresholds.as_dict().items() if v != _DEFAULT_THRESHOLDS[k]}
+        if unused and not self.capo_curvature_model:
+            warnings.warn(
+                f"{', '.join(f'{k}={v}' for k, v in unused.items())} unused: capo_enabled=False trains the "
+                "baseline, which masks nothing (capo_track_shifts=True would log what CAPO would reject)",
+                UserWarning,
+                stacklevel=4,
+            )
         self._validate_kl_budget()
         if self.capo_enabled and self.importance_sampling_level != "token":
             raise ValueError(
@@ -360,3 +369,11 @@ class CAPOConfig(GRPOConfig):
         self.capo_kl_max_scale = s_max
         if self.capo_kl_backtrack and self.capo_kl_model != "lookahead":
             raise ValueError("capo_kl_backtrack needs capo_kl_model='lookahead'")
+
+
+_DEFAULT_THRESHOLDS = {
+    f.name: f.default
+    for f in fields(CAPOConfig)
+    if f.name in ("hessian_low", "hessian_high", "fisher_max")
+}
+"""The thresholds' field defaults (the paper's CAPO); other values on a baseline are unused and said so."""

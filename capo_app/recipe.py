@@ -163,7 +163,10 @@ class ScriptArguments:
     )
     eval_accuracy: bool = field(
         default=True,
-        metadata={"help": "Measure greedy pass@1 on held-out problems before and after training."},
+        metadata={
+            "help": "Measure held-out accuracy before and after training: sampled at the training "
+            "temperature (eval_samples per problem, the primary score) and greedy pass@1 beside it."
+        },
     )
     eval_every: int = field(
         default=0,

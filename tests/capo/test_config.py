@@ -85,3 +85,9 @@ def test_none_disables_a_bound():
 def test_bad_values_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make(**kwargs)
+
+
+def test_thresholds_given_to_a_baseline_are_said_to_be_unused():
+    """A baseline masks nothing: thresholds other than the defaults warn once instead of being dropped silently."""
+    with pytest.warns(UserWarning, match=r"fisher_max=0.001 unused: capo_enabled=False"):
+        make(capo_enabled=False, fisher_max=1e-3)
