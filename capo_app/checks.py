@@ -6,7 +6,6 @@ to change instead of a traceback. Nothing here imports a heavy library at module
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -14,33 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from capo_app.boundary import UsageError
-from capo_app.field_values import RANGES, check_ranges
+from capo_app.field_values import (
+    OPTIONAL_PACKAGES,
+    RANGES,
+    check_packages,
+    check_ranges,
+    require_package,
+)
 from capo_app.recipe import EMBEDDED_TINY
 
-__all__ = ["RANGES", "UsageError", "check_ranges"]  # re-exported: the checks raise and use them
+__all__ = [
+    "OPTIONAL_PACKAGES",
+    "RANGES",
+    "UsageError",
+    "check_packages",
+    "check_ranges",
+]  # re-exported: the checks raise and use them
 
 
 #: Local data files ``capo train`` and ``capo eval`` read, by suffix, with the ``datasets`` builder for each.
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-#: Optional packages a value needs: ``(package, extra that installs it)``.
-REPORTERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
-
-
-def check_package(package: str, extra: str, what: str) -> None:
-    """Refuse a value that needs an optional package which is not installed, naming the extra to install."""
-    if importlib.util.find_spec(package) is None:
-        raise UsageError(
-            f"{what} needs the {package} package, which is not installed: pip install 'capo-rl[{extra}]'"
-        )
-
-
-def check_report_to(report_to: Any) -> None:
-    """Refuse ``report_to`` integrations whose package is missing (``all`` asks for none in particular)."""
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
-        if name in REPORTERS:
-            check_package(*REPORTERS[name], f"report_to {name}")
 
 
 def check_writable_dir(folder: str | os.PathLike[str], option: str) -> None:
@@ -189,11 +181,7 @@ def check_training(script_args: Any, config: Any) -> None:
         source = script_args.dataset_test_split
         if Path(source).suffix.lower() in DATA_FILE_BUILDERS or looks_local(source):
             check_data_file(source, "dataset_test_split")
-    check_report_to(config.report_to)
-    if config.deepspeed:
-        check_package("deepspeed", "deepspeed", "deepspeed")
-    if getattr(config, "use_vllm", False):
-        check_package("vllm", "vllm", "use_vllm")
+    check_packages(vars(config))
     check_writable_dir(str(config.output_dir), "output_dir")
     if config.max_steps == 0 or config.max_steps < -1:
         raise UsageError(
@@ -265,7 +253,7 @@ def check_evaluation(args: Any) -> None:
         raise UsageError("--system-prompt needs chat prompts; drop --plain")
     check_model_path(args.model, "--model")
     if args.backend == "vllm":
-        check_package("vllm", "vllm", "--backend vllm")
+        require_package("--backend vllm")
     for benchmark in args.benchmarks:
         if Path(benchmark).exists() or Path(benchmark).suffix:
             check_data_file(benchmark, "--benchmarks")

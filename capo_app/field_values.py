@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.util
 import math
 import types
 import typing
@@ -251,3 +252,39 @@ def check_ranges(values: Any, names: Any = None, prefix: str = "") -> None:
             if isinstance(value, float) and math.isinf(value) and low is not None:
                 interval = f"finite and {interval}"
             raise UsageError(f"{option} must be {interval}, got {value}")
+
+
+#: What needs an optional package: ``(import name, how to install it)``; ``report_to NAME`` for the trackers.
+OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
+    "deepspeed": ("deepspeed", "pip install 'capo-rl[deepspeed]'"),
+    "use_vllm": ("vllm", "pip install 'capo-rl[vllm]'"),
+    "--backend vllm": ("vllm", "pip install 'capo-rl[vllm]'"),
+    "use_liger_kernel": ("liger_kernel", "pip install liger-kernel"),
+    "report_to tensorboard": ("tensorboard", "pip install 'capo-rl[tensorboard]'"),
+    "report_to wandb": ("wandb", "pip install 'capo-rl[wandb]'"),
+    "report_to trackio": ("trackio", "pip install trackio"),
+    "report_to mlflow": ("mlflow", "pip install mlflow"),
+    "report_to comet_ml": ("comet_ml", "pip install comet_ml"),
+    "report_to clearml": ("clearml", "pip install clearml"),
+    "report_to swanlab": ("swanlab", "pip install swanlab"),
+    "report_to dvclive": ("dvclive", "pip install dvclive"),
+    "report_to neptune": ("neptune", "pip install neptune"),
+    "report_to codecarbon": ("codecarbon", "pip install codecarbon"),
+}
+
+
+def check_packages(values: dict[str, Any]) -> None:
+    """Refuse, in one line naming what to install, a value whose optional package is missing."""
+    report_to = values.get("report_to")
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    keys = [k for k in ("deepspeed", "use_vllm", "use_liger_kernel") if values.get(k)]
+    keys += [f"report_to {n}" for n in names if f"report_to {n}" in OPTIONAL_PACKAGES]
+    for key in keys:
+        require_package(key)
+
+
+def require_package(key: str) -> None:
+    """Refuse ``key`` (:data:`OPTIONAL_PACKAGES`) when its package is not installed."""
+    package, install = OPTIONAL_PACKAGES[key]
+    if importlib.util.find_spec(package) is None:
+        raise UsageError(f"{key} needs the {package} package, which is not installed: {install}")

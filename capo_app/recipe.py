@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import yaml
 
 from capo.methods import PRESETS, Method, method_of, normalize_method
-from capo_app.field_values import check_ranges, checked_values
+from capo_app.field_values import check_packages, check_ranges, checked_values
 
 if TYPE_CHECKING:
     from capo.config import CAPOConfig
@@ -380,6 +380,7 @@ def build_dataclasses(values: dict[str, Any]) -> tuple[ScriptArguments, CAPOConf
     from capo.config import CAPOConfig
 
     check_ranges(SimpleNamespace(**values))  # before the configs' own validation divides by a count
+    check_packages(values)  # before TrainingArguments imports what a value names
     script_fields = {f.name for f in fields(ScriptArguments) if f.init}
     config_fields = {f.name for f in fields(CAPOConfig) if f.init}
     script_args = ScriptArguments(**{k: v for k, v in values.items() if k in script_fields})

@@ -1,5 +1,6 @@
 """Bad input to `capo train` / `capo eval` ends in one `capo: error:` line and exit 2, never a traceback."""
 
+import importlib.util
 import json
 import shutil
 
@@ -197,3 +198,17 @@ def test_a_recipe_error_names_the_recipe_file(tmp_path, capsys, text, needle):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
     train_refused(capsys, tmp_path, ["--config", str(recipe)], needle, str(recipe))
+
+
+@pytest.mark.parametrize(
+    ("args", "package"),
+    [(["--use_liger_kernel", "true"], "liger_kernel"), (["--report_to", "trackio"], "trackio")],
+)
+def test_a_missing_optional_package_is_one_line_naming_what_to_install(
+    tmp_path, capsys, args, package
+):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    train_refused(
+        capsys, tmp_path, args, f"needs the {package} package, which is not installed: pip install"
+    )
