@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from capo_app.checks import UsageError
+from capo_app.checks import UsageError, check_writable_dir
 
 RUN_FILES = "capo_run_files.json"
 LOG_FILE = "log.json"
@@ -196,3 +196,30 @@ def _remove_empty(root: Path, folder: Path) -> None:
     ):
         folder.rmdir()
         folder = folder.parent
+
+
+def claim_report_folder(
+    folder: str | os.PathLike[str], patterns: Iterable[str], option: str
+) -> None:
+    """Claim ``folder`` for a report that writes files matching ``patterns`` (globs at its top level).
+
+    The report replaces its own earlier files (recorded in :data:`RUN_FILES`); a matching file no report of
+    ours wrote is refused in one line, never replaced. The caller records what it wrote with
+    :func:`record_run_files` when it is done.
+
+    Raises:
+        UsageError: ``folder`` cannot be written, or holds a matching file of someone else.
+    """
+    check_writable_dir(folder, option)
+    root = Path(folder)
+    manifest = _manifest(root) if root.is_dir() else None
+    ours = set(manifest["files"]) if manifest else set()
+    found = {p.relative_to(root).as_posix() for pattern in patterns for p in root.glob(pattern)}
+    foreign = sorted(found - ours - {RUN_FILES})
+    if foreign:
+        raise UsageError(
+            f"{option} {folder} holds {', '.join(foreign[:4])}, which this command did not write and would "
+            "replace; choose another folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    record_run_files(root)

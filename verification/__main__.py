@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from capo_app.boundary import OneLineParser, UsageError, guarded
+from capo_app.boundary import OneLineParser, guarded
+from capo_app.run_folder import claim_report_folder, record_run_files
 from verification import agreement as ag
 from verification import plots, report
 from verification import truncation as tr
@@ -265,10 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             "--quick", action="store_true", help="small grids (< 60 s), as in the tests"
         )
         args = parser.parse_args(argv)
-        if args.out.exists() and not args.out.is_dir():  # before minutes of computation, not after
-            raise UsageError(f"--out {args.out}: exists and is not a folder")
+        # before minutes of computation, not after: a writable folder, nothing of someone else replaced
+        claim_report_folder(args.out, ("report.md", "*.json", "*.png"), "--out")
         torch.set_num_threads(1)
         ok = (agreement if args.command == "agreement" else theorems)(args.out, args.quick)
+        record_run_files(args.out)
         text = (args.out / "report.md").read_text()
         print(text.split("\n\nExit code")[0])
         print(f"\nreport: {args.out / 'report.md'}; must-hold checks {'pass' if ok else 'FAIL'}")
