@@ -31,7 +31,7 @@ def test_budgeted_run_logs_prediction_scale_and_true_kl_every_step(tmp_path, cap
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
-        (["--capo_kl_budget", "-1"], "capo_kl_budget must be a finite number > 0"),
+        (["--capo_kl_budget", "-1"], "capo_kl_budget must be > 0, got -1"),
         (["--capo_kl_model", "exact"], "capo_kl_model must be one of"),
     ],
 )
