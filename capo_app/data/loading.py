@@ -8,6 +8,8 @@ difference is the arguments given to ``datasets.load_dataset`` (see :func:`load_
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +137,39 @@ def gold_from_answer(value: Any, answer_format: AnswerFormat = "auto") -> str:
     if text.startswith("$") and text.endswith("$") and len(text) > 1:
         text = text.strip("$").strip()
     return text
+
+
+def check_local_columns(source: str) -> None:
+    """Refuse a local benchmark or training file without a question or a gold column, reading only its head.
+
+    ``capo eval`` calls it before any weights load; the same check runs again on the loaded dataset.
+    """
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in DATA_FILE_BUILDERS:
+        return
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            columns = next(csv.reader(handle), [])
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        columns = list(pq.read_schema(path).names)
+    else:
+        columns = _first_json_keys(path)
+    if columns:
+        _source_columns(columns, None, None, None, source)
+
+
+def _first_json_keys(path: Path) -> list[str]:
+    """The keys of a JSON / JSON Lines file's first record (the file already parsed by check_json_records)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        records = json.loads(text)
+        return list(records[0]) if records and isinstance(records[0], dict) else []
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    record = json.loads(first) if first is not None else {}
+    return list(record) if isinstance(record, dict) else []
 
 
 def _source_columns(

@@ -134,6 +134,12 @@ def run_eval(args: argparse.Namespace) -> int:
         UsageError: On bad options, a model that cannot be loaded, or unreadable benchmark files.
     """
     check_evaluation(args)
+    from capo_app.data.loading import check_local_columns
+
+    for (
+        benchmark
+    ) in args.benchmarks:  # a file without a question column: one line before any weights load
+        check_local_columns(benchmark)
     folder = output_dir(args)
     check_writable_dir(folder, "--output")
     fmt, fmt_source = prompt_format(args)

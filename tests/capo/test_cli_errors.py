@@ -161,7 +161,16 @@ def test_malformed_benchmark_line_names_the_file_and_the_line(tmp_path, capsys):
     refused(capsys, argv, f"{bench}:2: malformed JSON line")
 
 
-def test_missing_question_column_names_the_file_and_no_unavailable_option(tmp_path, capsys):
+def test_missing_question_column_names_the_file_and_no_unavailable_option(
+    tmp_path, capsys, monkeypatch
+):
+    """... before any weights load."""
+    import transformers
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the benchmark's columns were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
     bench = jsonl(tmp_path / "bench.jsonl", [{"text": "1+1", "answer": "2"}])
     argv = [
         "eval",
