@@ -24,7 +24,13 @@ from capo_app.launch import (
     skip_unused_deepspeed_build,
 )
 from capo_app.preflight import preflight
-from capo_app.recipe import ScriptArguments, layered_defaults, parse_recipe, recipe_parser
+from capo_app.recipe import (
+    TINY_DEFAULTS,
+    ScriptArguments,
+    layered_defaults,
+    parse_recipe,
+    recipe_parser,
+)
 from capo_app.resume import ResumePoint, RunComplete, is_complete
 from capo_app.run_folder import claim_output_dir
 
@@ -111,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if "--help-all" in argv:
         recipe_parser().print_help()
+        tiny = ", ".join(f"{k} {v}" for k, v in TINY_DEFAULTS.items())
+        print(
+            "\nThe defaults above are the dataclasses' (TRL's). Without --config, capo train starts from the "
+            f"embedded tiny recipe instead, whatever the model: {tiny}; give a recipe (--config "
+            "recipes/capo.yaml) or the options themselves for another model."
+        )
         return 0
     try:
         if _wants_dry_run(argv):
