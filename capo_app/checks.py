@@ -20,7 +20,7 @@ from capo_app.field_values import (
     check_ranges,
     require_package,
 )
-from capo_app.recipe import EMBEDDED_TINY
+from capo_app.recipe import EMBEDDED_TINY, default_tiny_cache
 
 __all__ = [
     "OPTIONAL_PACKAGES",
@@ -183,6 +183,11 @@ def check_training(script_args: Any, config: Any) -> None:
             check_data_file(source, "dataset_test_split")
     check_packages(vars(config))
     check_writable_dir(str(config.output_dir), "output_dir")
+    if script_args.tiny_cache_dir or os.environ.get(
+        "CAPO_CACHE"
+    ):  # a cache the user named must be usable
+        option = "tiny_cache_dir" if script_args.tiny_cache_dir else "CAPO_CACHE"
+        check_writable_dir(default_tiny_cache(script_args), option)
     if config.max_steps == 0 or config.max_steps < -1:
         raise UsageError(
             f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {config.max_steps}"

@@ -71,6 +71,10 @@ ROWS = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]
             "capo_kl_budget must be > 0, got -0.001",
         ),  # not "expected one argument"
         (["--output-dir", ""], "output_dir is empty"),
+        (
+            ["--tiny_cache_dir", "/proc/capo-cache"],
+            "tiny_cache_dir /proc/capo-cache: cannot be written",
+        ),
         (["--top_entropy_quantile", "0.5"], "top_entropy_quantile=0.5 with CAPO"),
     ],
 )
