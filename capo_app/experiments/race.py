@@ -269,13 +269,20 @@ def collect(cfg: RaceConfig, out: Path) -> dict[str, Any]:
     return {"delta": delta, "tuning": tuning, "runs": runs, "arms": arms, "post_hoc": post_hoc}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line (see the module doc)."""
+def race_command_line(
+    module: str, doc: str | None, argv: Sequence[str] | None, out: str
+) -> tuple[argparse.Namespace, Path, Callable[[str], None]]:
+    """The races' shared command line: ``(args, output folder, timed printer)``; one torch thread to train.
+
+    Options: ``--out`` (default ``out``; quick: ``outputs/<name>-quick``), ``--quick``, ``--report-only``,
+    ``--worker``.
+    """
+    name = module.rsplit(".", 1)[-1]
     parser = argparse.ArgumentParser(
-        prog="python -m capo_app.experiments.race", description=(__doc__ or "").splitlines()[0]
+        prog=f"python -m {module}", description=(doc or "").splitlines()[0]
     )
     parser.add_argument(
-        "--out", default=None, help="output folder (default docs/race, quick: outputs/race-quick)"
+        "--out", default=None, help=f"output folder (default {out}, quick: outputs/{name}-quick)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
     parser.add_argument(
@@ -283,20 +290,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--worker", action="store_true", help="share the jobs with other workers")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    out = Path(args.out or ("outputs/race-quick" if args.quick else "docs/race"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    start = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"[race {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
-
-    from capo_app.experiments.race_report import write_race_report
-
     if not args.report_only:
         import torch
 
         torch.set_num_threads(1)
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{name} {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    return args, Path(args.out or (f"outputs/{name}-quick" if args.quick else out)), say
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (see the module doc)."""
+    args, out, say = race_command_line("capo_app.experiments.race", __doc__, argv, "docs/race")
+    cfg = QUICK if args.quick else FULL
+    from capo_app.experiments.race_report import write_race_report
+
+    if not args.report_only:
         run_all(cfg, out, say, args.worker)
     path = write_race_report(cfg, collect(cfg, out), out)
     print(f"report: {path}", flush=True)

@@ -25,9 +25,7 @@ across sessions; ``--worker`` lets two processes share the job list (a lock file
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from capo_app.experiments.race import FULL as RACE
-from capo_app.experiments.race import Store
+from capo_app.experiments.race import Store, race_command_line
 from capo_app.experiments.race2_report import write_race2_report
 from capo_app.experiments.race2_run import diagnosed_trainer
 from capo_app.experiments.race_run import RaceArm, RaceSetup, arm_lr
@@ -399,28 +397,9 @@ QUICK = Race2Config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module doc)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m capo_app.experiments.race2", description=(__doc__ or "").splitlines()[0]
-    )
-    parser.add_argument("--out", default=None, help="output folder (default docs/race2)")
-    parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite the report from saved runs"
-    )
-    parser.add_argument("--worker", action="store_true", help="share the jobs with other workers")
-    args = parser.parse_args(argv)
+    args, out, say = race_command_line("capo_app.experiments.race2", __doc__, argv, "docs/race2")
     cfg = QUICK if args.quick else FULL
-    out = Path(args.out or ("outputs/race2-quick" if args.quick else "docs/race2"))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    start = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"[race2 {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
-
     if not args.report_only:
-        import torch
-
-        torch.set_num_threads(1)
         run_jobs(out, cfg, say, args.worker)
     out.mkdir(parents=True, exist_ok=True)
     print(f"report: {write_tuning_report(collect(out, cfg), out, cfg.tuning)}", flush=True)

@@ -101,7 +101,9 @@ def diagnostics(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _series(rec: dict[str, Any], key: str) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in rec.get(key) or []], dtype=float)
+    """A per-step record as floats; all NaN where the run did not log it (the race's older records)."""
+    values = rec.get(key) or [None] * len(rec["train_reward"])
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -229,6 +229,8 @@ def _tables(res: dict[str, Any], collected: dict[str, Any], setup: RaceSetup) ->
         lo, hi = m["completions_ci"]
         ratio = "—" if m["ratio"] is None else f"{m['ratio']:.1f}×"
         ratio_ci = f"{m['ratio_ci'][0]:.1f}× – {m['ratio_ci'][1]:.1f}×"
+        if m["ratio_ci"][1] == 0:  # no resample reached the target: no ratio to bound
+            ratio_ci = "— (never reached)"
         if arm["kind"] == "conservative":
             ratio, ratio_ci = "1× (reference)", "—"
         hi_s = f"> {m['horizon']:,.0f}" if hi is None else _comp(hi)
