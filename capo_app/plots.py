@@ -96,38 +96,33 @@ def accuracy_and_reward(
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     _curve(ax, xs, ys, "#1f77b4", "train reward (mean over the batch)")
+    px = [float(p.get(x_key, p.get("step", 0)) or 0) for p in points]
+    sampled = [p for p in points if isinstance(p.get("sampled"), int | float)]
+    if sampled:  # the primary score: the policy's own samples at the training temperature
+        sx = [float(p.get(x_key, p.get("step", 0)) or 0) for p in sampled]
+        sy = [float(p["sampled"]) for p in sampled]
+        se = [float(p.get("sampled_se") or 0.0) for p in sampled]
+        ax.errorbar(sx, sy, yerr=se, color="#2ca02c", linewidth=2.0, marker="o", markersize=6, capsize=3,
+                    label="held-out accuracy, sampled at the training temperature (± MC SE)")  # fmt: skip
+        _annotate_ends(ax, sx, sy, "#2ca02c")
     if points:
-        px = [float(p.get(x_key, p.get("step", 0)) or 0) for p in points]
         py = [float(p["accuracy"]) for p in points]
-        ax.plot(
-            px,
-            py,
-            color="#d62728",
-            linewidth=2.0,
-            marker="s",
-            markersize=6,
-            label="held-out accuracy (greedy)",
-        )
-        ax.annotate(
-            f"{py[0]:.0%}",
-            (px[0], py[0]),
-            textcoords="offset points",
-            xytext=(4, 6),
-            color="#d62728",
-        )
-        if len(py) > 1:
-            ax.annotate(
-                f"{py[-1]:.0%}",
-                (px[-1], py[-1]),
-                textcoords="offset points",
-                xytext=(4, 6),
-                color="#d62728",
-            )
+        ax.plot(px, py, color="#d62728", linewidth=1.5, linestyle="--", marker="s", markersize=5,
+                label="held-out accuracy, greedy")  # fmt: skip
+        _annotate_ends(ax, px, py, "#d62728")
     ax.set_ylim(-0.02, 1.02)
     _style(ax, "completions trained on" if x_key == "completions" else "optimizer step", "reward / accuracy",
            "accuracy and reward vs. completions")  # fmt: skip
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path, title)
+
+
+def _annotate_ends(ax: Any, xs: list[float], ys: list[float], color: str) -> None:
+    """The first and last value of a curve, as percentages beside their points."""
+    for i in sorted({0, len(ys) - 1}):
+        ax.annotate(
+            f"{ys[i]:.0%}", (xs[i], ys[i]), textcoords="offset points", xytext=(4, 6), color=color
+        )
 
 
 def rejection_rate(
