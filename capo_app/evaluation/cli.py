@@ -97,9 +97,12 @@ def prompt_format(args: argparse.Namespace) -> tuple[PromptFormat, str]:
     template = args.prompt_template or default.template
     if args.plain:
         return PromptFormat(conversational=False, template=template), "options"
-    return PromptFormat(
-        conversational=True, template=template, system_prompt=args.system_prompt
-    ), "options"
+    if (
+        args.system_prompt is None and not default.conversational
+    ):  # a new template keeps plain prompts plain
+        return PromptFormat(conversational=False, template=template), "options"
+    system = default.system_prompt if args.system_prompt is None else args.system_prompt
+    return PromptFormat(conversational=True, template=template, system_prompt=system), "options"
 
 
 def output_dir(args: argparse.Namespace) -> Path:

@@ -106,3 +106,19 @@ def test_a_corrupt_prompt_file_is_one_usage_error(tmp_path, text):
     (tmp_path / "capo_prompt.json").write_text(text)
     with pytest.raises(UsageError, match=r"capo_prompt\.json"):
         load_prompt_format(tmp_path)
+
+
+def test_a_new_template_keeps_a_plain_prompted_models_prompts_plain(tmp_path):
+    """--prompt-template replaces the template only: a model trained on plain prompts stays plain (it switched to
+    the chat template); --plain and --system-prompt still choose."""
+    from capo_app.data.prompts import PromptFormat
+    from capo_app.evaluation.cli import prompt_format
+
+    save_prompt_format(PromptFormat(conversational=False, template="Q: {question}\nA:"), tmp_path)
+    args = argparse.Namespace(
+        model=str(tmp_path), prompt_template="{question} =", plain=False, system_prompt=None
+    )
+    fmt, _ = prompt_format(args)
+    assert (fmt.conversational, fmt.template) == (False, "{question} =")
+    fmt, _ = prompt_format(argparse.Namespace(**{**vars(args), "system_prompt": "Be brief."}))
+    assert (fmt.conversational, fmt.system_prompt) == (True, "Be brief.")
