@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class UsageError(ValueError):
@@ -43,6 +44,16 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
         prog: The command's name, the prefix of its one error line (``capo``).
         run: The entry point's body (parsing included), returning its exit code.
     """
+    default_format = warnings.formatwarning
+
+    def one_line(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        if issubclass(
+            category, UserWarning
+        ):  # what this project tells the user: one line, no source echo
+            return f"{prog}: warning: {' '.join(str(message).split())}\n"
+        return default_format(message, category, *args, **kwargs)
+
+    warnings.formatwarning = one_line
     try:
         return int(run())
     except UsageError as error:
@@ -59,3 +70,5 @@ def guarded(prog: str, run: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return BUG_EXIT
+    finally:
+        warnings.formatwarning = default_format
