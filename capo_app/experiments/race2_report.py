@@ -214,8 +214,8 @@ def write_race2_report(collected: dict[str, Any], out: Path, setup: RaceSetup) -
     ]
     lines += _tables(res, collected, setup)
     lines += ["", *_diagnostics_table(runs), ""]
-    figures = _figures(
-        collected, out, res["target"], "Race 2", ("race2_accuracy", "race2_training")
+    figures = _figures(  # one batch for every arm: completions are steps × 96, a linear axis
+        collected, out, res["target"], "Race 2", ("race2_accuracy", "race2_training"), "linear"
     )
     lines += ["## Figures\n", *figures, ""]
     lines += [

@@ -276,6 +276,7 @@ def _figures(
     target: float | None,
     title: str = "The race",
     names: tuple[str, str] = FIGURES,
+    xscale: str = "log",
 ) -> list[str]:
     import matplotlib
 
@@ -299,8 +300,8 @@ def _figures(
     if target is not None:
         ax.axhline(target, color="black", lw=0.6, ls=":", label="target")
     ax.set(
-        xscale="log",
-        xlabel="completions seen (+1)",
+        xscale=xscale,
+        xlabel="completions seen (+1)" if xscale == "log" else "completions seen",
         ylabel="held-out sampled accuracy (T=0.9, k=8)",
     )
     ax.set_title(f"{title}: sampled accuracy vs completions (mean ± SE over seeds)", fontsize=9)
@@ -325,7 +326,7 @@ def _figures(
             m = _smooth(np.nanmean(y, axis=0), 10)
             x = per * (np.arange(m.size) + 1)
             ax.plot(x, m, color=COLORS[kinds[name]], lw=1, label=name)
-        ax.set(xscale="log", xlabel="completions seen", title=f"{title} (seed mean, 10-step mean)")
+        ax.set(xscale=xscale, xlabel="completions seen", title=f"{title} (seed mean, 10-step mean)")
         if key == "true_kl":
             ax.set_yscale("log")
     axes[0].legend(fontsize=6)
