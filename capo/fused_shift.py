@@ -285,15 +285,18 @@ def _probe(device: torch.device) -> str | None:
             except Exception as err:  # a failed build means: no fused path here
                 first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
                 return f"torch.compile could not build {name} ({type(err).__name__}: {first})"
-            want = formula(*args)
-            err_max = float((got.double() - want.double()).abs().max())
-            scale = float(want.abs().max())
-            if not err_max <= SELF_CHECK_RTOL[dtype] * scale:
-                return (
-                    f"the compiled {name} differs from its formula in {dtype} by {err_max:.1e} "
-                    f"(largest entry {scale:.1e})"
-                )
+            gap = _disagreement(got, formula(*args))
+            if gap is not None:
+                return f"the compiled {name} differs from its formula in {dtype} {gap}"
     return None
+
+
+def _disagreement(got: torch.Tensor, want: torch.Tensor) -> str | None:
+    """``"by ERR (largest entry SCALE)"`` where ``got`` misses ``want`` by more than :data:`SELF_CHECK_RTOL`."""
+    scale = float(want.abs().max())
+    err = float((got.double() - want.double()).abs().max())
+    rtol = SELF_CHECK_RTOL[torch.float64 if want.dtype == torch.float64 else torch.float32]
+    return None if err <= rtol * max(scale, 1e-300) else f"by {err:.1e} (largest entry {scale:.1e})"
 
 
 def check_kernel(kernel: str, device: torch.device | None = None) -> str:
@@ -331,14 +334,11 @@ def _warn_once(message: str) -> None:
 
 def _self_check(kernel: str, key: tuple, got: torch.Tensor, want: torch.Tensor) -> bool:
     """Whether a first fused result matches the plain path's (:data:`SELF_CHECK_RTOL`)."""
-    scale = float(want.abs().max())
-    err = float((got.double() - want.double()).abs().max())
-    rtol = SELF_CHECK_RTOL[torch.float64 if want.dtype == torch.float64 else torch.float32]
-    if err <= rtol * max(scale, 1e-300):
+    gap = _disagreement(got, want)
+    if gap is None:
         return True
     message = (
-        f"CAPO fused kernel {key[0]} on {key[1]} ({want.dtype}) differs from the plain path by "
-        f"{err:.1e} (largest entry {scale:.1e})"
+        f"CAPO fused kernel {key[0]} on {key[1]} ({want.dtype}) differs from the plain path {gap}"
     )
     if kernel == "fused":
         raise RuntimeError(message)
